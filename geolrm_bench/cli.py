@@ -1,0 +1,75 @@
+"""The ``geolrm-bench`` command line.
+
+Each sub-command lives in its own module that defines ``register(subparsers)``;
+it adds its parser and sets ``func`` to a function ``(args) -> int``. Modules are
+imported only when listed here, so adding a command is one line. Any
+:class:`~geolrm_bench.errors.BenchError` (or other expected failure) is printed as
+one line ``geolrm-bench <cmd>: error: <reason>`` with exit code 2 (1 for
+unexpected errors, 130 on Ctrl-C); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from geolrm_bench.errors import BenchError
+
+# name -> module defining register(subparsers). Order = order in --help.
+COMMAND_MODULES: list[str] = [
+    "geolrm_bench.commands.render",
+    "geolrm_bench.commands.occupancy_gt",
+    "geolrm_bench.commands.metrics",
+    "geolrm_bench.commands.reconstruct",
+    "geolrm_bench.commands.evaluate",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geolrm-bench",
+        description="Render, voxelize, reconstruct and evaluate 3D objects under the GeoLRM protocols.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # command not written yet
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"geolrm-bench {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (BenchError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        if args.debug:
+            raise
+        print(f"geolrm-bench {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except Exception as e:  # unexpected: still one line unless --debug
+        if args.debug:
+            raise
+        msg = " ".join(f"{type(e).__name__}: {e}".split())
+        print(f"geolrm-bench {args.command}: error: {msg} (rerun with --debug for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

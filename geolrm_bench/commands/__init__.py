@@ -1,0 +1,1 @@
+"""Sub-commands of the ``geolrm-bench`` CLI, one module each (see ``geolrm_bench.cli``)."""

@@ -1,0 +1,1 @@
+"""The GeoLRM network: encoder, transformer, deformable attention, RoPE-3D, Gaussian head, rasterizers."""

@@ -1,0 +1,1 @@
+"""Ray pipelines composing the library: render, occupancy-gt, evaluate, sweep. No maths here."""
