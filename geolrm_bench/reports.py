@@ -1,0 +1,296 @@
+"""Evaluation reports: pandas tables, t-based 95% confidence intervals, the paper's numbers
+beside ours, sweep plots and ``config.json`` provenance.
+
+Tables (one run folder ``reports/<run>/``):
+
+- ``per_view.csv``: one row per object and test view: ``object, view, psnr, ssim, lpips``.
+- ``per_object.csv``: one row per object: ``object, status, error``, the image metrics
+  averaged over the test views, ``chamfer, fscore`` (ground-truth frame units),
+  ``inference_s`` (seconds of the reconstruction alone), ``memory_gb`` (its peak memory,
+  GiB = 2**30 bytes) and stage timings.
+- ``summary.csv``: one row per (method, dataset, N) with the columns of the paper's tables
+  (``method, dataset, num_input_views, psnr, ssim, lpips, chamfer, fscore, inference_s,
+  memory_gb``) plus ``<metric>_ci95`` (t-based half-width), ``num_objects`` (objects with
+  status ok), ``num_failed``, ``checkpoint_kind`` and ``paper_model`` (False when the
+  weights are random or a small preset: such numbers say nothing about the paper's model).
+
+Means skip NaN (e.g. a method without geometry) and use only objects with status ``ok``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import platform
+import subprocess
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geolrm_bench.io import write_json_atomic, write_text_atomic
+
+METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips", "chamfer", "fscore", "inference_s", "memory_gb")
+IMAGE_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
+KEY_COLUMNS: tuple[str, ...] = ("method", "dataset", "num_input_views")
+PAPER_TABLES = Path(__file__).resolve().parent / "data" / "paper_tables.csv"
+# our dataset kinds -> the paper's dataset names
+PAPER_DATASET = {"gso": "GSO", "omni": "OmniObject3D"}
+# checkpoint kinds that stand for the paper's trained model
+PAPER_CHECKPOINT_KINDS = ("official",)
+
+
+def ci95(values: Iterable[float]) -> float:
+    """Half-width of the t-based 95% confidence interval of the mean (NaN ignored).
+
+    ``t_{0.975, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation (ddof 1).
+    NaN when fewer than 2 finite values.
+    """
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n < 2:
+        return float("nan")
+    s = float(np.std(x, ddof=1))
+    return float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n))
+
+
+def summarize(per_object: pd.DataFrame, method: str, dataset: str, num_input_views: int,
+              checkpoint_kind: str = "unknown", device: str = "") -> pd.DataFrame:
+    """One summary row (a 1-row DataFrame) from a per-object table.
+
+    Only rows with ``status == "ok"`` count; each metric's mean and CI95 skip NaN.
+    """
+    df = per_object
+    ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    row: dict = {"method": method, "dataset": dataset, "num_input_views": int(num_input_views)}
+    for m in METRICS:
+        vals = pd.to_numeric(ok[m], errors="coerce") if m in ok.columns else pd.Series([], dtype=float)
+        finite = vals[np.isfinite(vals)]
+        row[m] = float(finite.mean()) if len(finite) else float("nan")
+    for m in METRICS:
+        vals = pd.to_numeric(ok[m], errors="coerce") if m in ok.columns else pd.Series([], dtype=float)
+        row[f"{m}_ci95"] = ci95(vals.tolist())
+    row["num_objects"] = int(len(ok))
+    row["num_failed"] = int(len(df) - len(ok))
+    row["checkpoint_kind"] = checkpoint_kind
+    row["paper_model"] = bool(checkpoint_kind in PAPER_CHECKPOINT_KINDS)
+    row["device"] = device
+    return pd.DataFrame([row])
+
+
+def load_paper_tables(path: str | Path = PAPER_TABLES) -> pd.DataFrame:
+    """The paper's Tables 1-5 (``table, dataset, method, num_input_views, variant, psnr, ...``)."""
+    df = pd.read_csv(path)
+    df["variant"] = df["variant"].fillna("")
+    return df
+
+
+def paper_rows(dataset: str, num_input_views: int | None = None, path: str | Path = PAPER_TABLES
+               ) -> tuple[pd.DataFrame, str]:
+    """The paper's main-table rows (no ablation variants) for our dataset kind and N.
+
+    Returns (rows, note). Datasets other than gso / omni get the GSO rows with a note that
+    they are for reference only (different objects).
+    """
+    df = load_paper_tables(path)
+    df = df[(df["variant"] == "") & df["table"].isin([1, 2, 3])]
+    name = PAPER_DATASET.get(dataset.lower())
+    note = ""
+    if name is None:
+        name = "GSO"
+        note = (f"dataset {dataset!r} is not one of the paper's; GSO rows shown for reference only "
+                "(different objects)")
+    rows = df[df["dataset"] == name]
+    if num_input_views is not None:
+        rows = rows[rows["num_input_views"] == int(num_input_views)]
+    return rows.reset_index(drop=True), note
+
+
+def _fmt(v: float, digits: int) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3, "chamfer": 3, "fscore": 3, "inference_s": 2, "memory_gb": 2}
+
+
+def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], config: dict,
+                     paper: pd.DataFrame | None = None, paper_note: str = "",
+                     warnings: Sequence[str] = ()) -> str:
+    """The text of ``summary.md``: a warning first when the weights are not the paper's, then
+    mean ± CI95 per metric, the paper's rows beside ours, the protocol and the view indices."""
+    lines: list[str] = []
+    kinds = set(summary["checkpoint_kind"]) if "checkpoint_kind" in summary else {"unknown"}
+    if not bool(summary.get("paper_model", pd.Series([False])).all()):
+        lines.append(f"> **NOT THE PAPER'S MODEL**: checkpoint kind {', '.join(sorted(kinds))} "
+                     f"({config.get('checkpoint') or config.get('preset') or 'n/a'}). These numbers measure "
+                     "the pipeline, not GeoLRM's published quality.")
+        lines.append("")
+    title = config.get("run", "evaluation")
+    lines += [f"# {title}", ""]
+    lines.append(f"Device: {config.get('device', '?')}. Created {config.get('created', '')}.")
+    lines.append("")
+    cols = ["method", "dataset", "N", "objects"] + [m for m in METRICS]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "---|" * len(cols))
+    for _, r in summary.iterrows():
+        cells = [str(r["method"]), str(r["dataset"]), str(int(r["num_input_views"])),
+                 f"{int(r['num_objects'])} (+{int(r.get('num_failed', 0))} failed)"]
+        for m in METRICS:
+            mean, ci = r[m], r[f"{m}_ci95"]
+            cell = _fmt(mean, DIGITS[m])
+            if np.isfinite(mean) and np.isfinite(ci):
+                cell += f" ± {ci:.{DIGITS[m]}f}"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    if paper is not None and len(paper):
+        for _, r in paper.iterrows():
+            cells = [f"paper: {r['method']}", str(r["dataset"]), str(int(r["num_input_views"])),
+                     f"table {int(r['table'])}"]
+            cells += [_fmt(r[m], DIGITS[m]) for m in METRICS]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Mean ± t-based 95% confidence half-width over objects. chamfer: mean of both directions' "
+                 "mean nearest-neighbour distance (ground-truth frame units); inference_s and memory_gb: "
+                 "the reconstruction alone (GiB).")
+    if paper_note:
+        lines += ["", f"Note: {paper_note}."]
+    if warnings:
+        lines += ["", "Warnings:"] + [f"- {w}" for w in warnings]
+    lines += ["", "## Protocol", ""] + [f"- {p}" for p in protocol_lines]
+    return "\n".join(lines) + "\n"
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """The current git commit of the checkout holding this package ('unknown' outside git)."""
+    repo = Path(repo) if repo else Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        if commit != "unknown" and dirty.returncode == 0 and dirty.stdout.strip():
+            commit += "-dirty"
+        return commit
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+VERSIONED_PACKAGES = ("geolrm-bench", "torch", "torchvision", "transformers", "numpy", "scipy", "pandas",
+                      "trimesh", "pyrender", "PyOpenGL", "ray", "lpips", "gsplat", "scikit-image")
+
+
+def package_versions(names: Sequence[str] = VERSIONED_PACKAGES) -> dict[str, str]:
+    out = {}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            out[n] = "absent"
+    return out
+
+
+def provenance(**extra) -> dict:
+    """Provenance for ``config.json``: time, git commit, Python, platform, package versions + extra."""
+    d = {
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+    }
+    d.update(extra)
+    return d
+
+
+def plot_sweep(summary: pd.DataFrame, out_dir: str | Path, paper: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``psnr_vs_views.png``, ``ssim_vs_views.png`` and ``time_memory_vs_views.png``
+    (matplotlib Agg) from summary rows over several N; the paper's GeoLRM rows are dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s = summary.sort_values("num_input_views")
+    written = []
+    ours_label = ", ".join(sorted(set(s["method"].astype(str))))
+    pg = None
+    if paper is not None and len(paper):
+        pg = paper[paper["method"] == "GeoLRM"].sort_values("num_input_views")
+    for metric, ylabel in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.errorbar(s["num_input_views"], s[metric], yerr=s[f"{metric}_ci95"].fillna(0), marker="o",
+                    capsize=3, label=f"ours: {ours_label}")
+        if pg is not None and pg[metric].notna().any():
+            ax.plot(pg["num_input_views"], pg[metric], "s--", color="grey", label="paper GeoLRM")
+        ax.set_xlabel("input views N")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        p = out_dir / f"{metric}_vs_views.png"
+        _savefig_atomic(fig, p)
+        plt.close(fig)
+        written.append(p)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(s["num_input_views"], s["inference_s"], yerr=s["inference_s_ci95"].fillna(0), marker="o",
+                color="C0", capsize=3, label="time (ours)")
+    ax2 = ax.twinx()
+    ax2.errorbar(s["num_input_views"], s["memory_gb"], yerr=s["memory_gb_ci95"].fillna(0), marker="^",
+                 color="C1", capsize=3, label="memory (ours)")
+    if pg is not None and pg["inference_s"].notna().any():
+        ax.plot(pg["num_input_views"], pg["inference_s"], "s--", color="C0", alpha=0.5, label="time (paper)")
+        ax2.plot(pg["num_input_views"], pg["memory_gb"], "v--", color="C1", alpha=0.5, label="memory (paper)")
+    ax.set_xlabel("input views N")
+    ax.set_ylabel("reconstruction time (s)")
+    ax2.set_ylabel("peak memory (GiB)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    p = out_dir / "time_memory_vs_views.png"
+    _savefig_atomic(fig, p)
+    plt.close(fig)
+    written.append(p)
+    return written
+
+
+def _savefig_atomic(fig, path: Path) -> None:
+    import io
+
+    from geolrm_bench.io import write_bytes_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
+    return write_text_atomic(path, df.to_csv(index=False))
+
+
+def write_report(run_dir: str | Path, per_view: pd.DataFrame, per_object: pd.DataFrame,
+                 summary: pd.DataFrame, config: dict, protocol_lines: Sequence[str],
+                 dataset: str, warnings: Sequence[str] = ()) -> dict[str, Path]:
+    """Write per_view.csv, per_object.csv, summary.csv, summary.md and config.json (last)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n = int(summary["num_input_views"].iloc[0]) if len(summary) == 1 else None
+    paper, note = paper_rows(dataset, n)
+    paths = {
+        "per_view": write_csv_atomic(per_view, run_dir / "per_view.csv"),
+        "per_object": write_csv_atomic(per_object, run_dir / "per_object.csv"),
+        "summary": write_csv_atomic(summary, run_dir / "summary.csv"),
+    }
+    md = summary_markdown(summary, protocol_lines, config, paper, note, warnings)
+    paths["summary_md"] = write_text_atomic(run_dir / "summary.md", md)
+    paths["config"] = write_json_atomic(run_dir / "config.json", config)
+    return paths

@@ -1,0 +1,103 @@
+"""Report tables: CI95 against scipy.stats.t, summary means against numpy, paper rows, plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from geolrm_bench import reports
+from geolrm_bench.protocol import Protocol
+
+
+def test_ci95_matches_scipy_t_interval():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 10, 100):
+        x = rng.normal(5.0, 2.0, n)
+        lo, hi = stats.t.interval(0.95, n - 1, loc=x.mean(), scale=stats.sem(x))
+        assert reports.ci95(x) == pytest.approx((hi - lo) / 2, rel=1e-12)
+    assert np.isnan(reports.ci95([1.0]))
+    assert np.isnan(reports.ci95([]))
+    # NaN ignored
+    assert reports.ci95([1.0, np.nan, 3.0]) == pytest.approx(reports.ci95([1.0, 3.0]))
+
+
+def _per_object(n=7, seed=1):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "object": [f"o{i}" for i in range(n)],
+        "status": ["ok"] * (n - 1) + ["failed"],
+        "error": [""] * (n - 1) + ["boom"],
+        "psnr": rng.uniform(15, 30, n), "ssim": rng.uniform(0.7, 0.95, n), "lpips": rng.uniform(0.1, 0.3, n),
+        "chamfer": rng.uniform(0.01, 0.1, n), "fscore": rng.uniform(0.5, 1.0, n),
+        "inference_s": rng.uniform(0.1, 2, n), "memory_gb": rng.uniform(1, 3, n),
+    })
+    df.loc[n - 1, ["psnr", "ssim", "lpips", "chamfer", "fscore", "inference_s", "memory_gb"]] = np.nan
+    df.loc[0, "chamfer"] = np.nan  # one object without geometry
+    return df
+
+
+def test_summary_is_mean_of_ok_objects():
+    df = _per_object()
+    s = reports.summarize(df, "GeoLRM", "gso", 6, checkpoint_kind="random")
+    assert list(s.columns[:10]) == ["method", "dataset", "num_input_views", "psnr", "ssim", "lpips",
+                                    "chamfer", "fscore", "inference_s", "memory_gb"]
+    ok = df.iloc[:-1]
+    for m in reports.METRICS:
+        vals = ok[m].to_numpy(dtype=float)
+        vals = vals[~np.isnan(vals)]
+        assert s[m].iloc[0] == pytest.approx(float(np.mean(vals)), rel=1e-12)
+        half = stats.t.ppf(0.975, len(vals) - 1) * np.std(vals, ddof=1) / np.sqrt(len(vals))
+        assert s[f"{m}_ci95"].iloc[0] == pytest.approx(half, rel=1e-10)
+    assert s["num_objects"].iloc[0] == 6 and s["num_failed"].iloc[0] == 1
+    assert not s["paper_model"].iloc[0]
+    assert reports.summarize(df, "GeoLRM", "gso", 6, checkpoint_kind="official")["paper_model"].iloc[0]
+
+
+def test_paper_rows_read_the_published_values():
+    rows, note = reports.paper_rows("gso", 6)
+    g = rows[rows["method"] == "GeoLRM"].iloc[0]
+    got = (g["psnr"], g["ssim"], g["lpips"], g["chamfer"], g["fscore"])
+    assert got == (23.57, 0.872, 0.167, 0.167, 0.892)
+    assert note == ""
+    rows, _ = reports.paper_rows("omni", 6)
+    assert rows[rows["method"] == "GeoLRM"]["psnr"].iloc[0] == 24.74
+    rows, note = reports.paper_rows("sample", 20)
+    assert "reference only" in note and rows[rows["method"] == "GeoLRM"]["memory_gb"].iloc[0] == 9.43
+    # the packaged copy equals the shared reference
+    import pathlib
+    ref = pathlib.Path("/work/shared/reference/paper_tables.csv")
+    if ref.exists():
+        assert reports.PAPER_TABLES.read_bytes() == ref.read_bytes()
+
+
+def test_write_report_files_and_warning_first(tmp_path):
+    df = _per_object()
+    pv = pd.DataFrame({"object": ["o0"], "view": [28], "psnr": [20.0], "ssim": [0.9], "lpips": [0.2]})
+    s = reports.summarize(df, "GeoLRM-tiny", "sample", 6, checkpoint_kind="random")
+    p = Protocol(num_input_views=6)
+    cfg = reports.provenance(run="eval-test", preset="tiny", protocol=p.to_dict(), device="cpu")
+    paths = reports.write_report(tmp_path, pv, df, s, cfg, p.describe(), "sample")
+    md = paths["summary_md"].read_text()
+    assert md.splitlines()[0].startswith("> **NOT THE PAPER'S MODEL**")
+    assert "0, 4, 8, 12, 16, 20" in md and "28, 31, 34, 37" in md
+    assert "paper: GeoLRM" in md
+    back = pd.read_csv(paths["summary"])
+    assert back["psnr"].iloc[0] == pytest.approx(s["psnr"].iloc[0])
+    conf = json.loads(paths["config"].read_text())
+    assert conf["protocol"]["test_views"] == [28, 31, 34, 37] and "packages" in conf
+
+
+def test_plot_sweep_writes_pngs(tmp_path):
+    rows = []
+    for n in (4, 8, 12):
+        rows.append(reports.summarize(_per_object(seed=n), "GeoLRM", "gso", n, "random"))
+    s = pd.concat(rows, ignore_index=True)
+    paper, _ = reports.paper_rows("gso")
+    paths = reports.plot_sweep(s, tmp_path, paper)
+    assert {p.name for p in paths} == {"psnr_vs_views.png", "ssim_vs_views.png", "time_memory_vs_views.png"}
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
