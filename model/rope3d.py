@@ -1,0 +1,70 @@
+"""3D rotary position embedding (RoPE-3D) over integer voxel positions.
+
+The head dimension D is split into three thirds, one per axis (x, y, z). Within a third, with
+Q = D / 6, channel r and channel r + Q (r < Q) form a pair rotated together ("rotate-half"
+layout, not interleaved) by the angle ``pos_axis * theta^(-r / Q)``::
+
+    u' = u cos(a) - v sin(a)
+    v' = v cos(a) + u sin(a)
+
+The rotation is the same for every head. Positions are integer voxel indices (any integer
+offset is allowed: attention scores only depend on position differences).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rope3d_angles(positions: Tensor, head_dim: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """Cosines and sines for :func:`apply_rope3d`.
+
+    Args:
+        positions: ``[B, N, 3]`` integer (or float) voxel positions, axes (x, y, z).
+        head_dim: D, a multiple of 6.
+        theta: RoPE base.
+    Returns:
+        ``(cos, sin)``, each ``[B, N, 3, Q]`` float32 with Q = D / 6.
+    """
+    if head_dim % 6:
+        raise ValueError(f"RoPE-3D needs a head dim divisible by 6, got {head_dim}")
+    q = head_dim // 6
+    inv_freq = theta ** (-torch.arange(q, dtype=torch.float64, device=positions.device) / q)  # [Q]
+    angles = positions.to(torch.float64)[..., None] * inv_freq  # [B, N, 3, Q]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope3d(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate queries or keys.
+
+    Args:
+        x: ``[B, N, H, D]`` per-head vectors.
+        cos, sin: ``[B, N, 3, Q]`` from :func:`rope3d_angles` (D = 6 Q).
+    Returns:
+        ``[B, N, H, D]`` rotated vectors (same dtype as ``x``).
+    """
+    b, n, h, d = x.shape
+    q = d // 6
+    xs = x.reshape(b, n, h, 3, 2, q)  # [B, N, H, axis, half, Q]
+    u, v = xs[..., 0, :], xs[..., 1, :]  # [B, N, H, 3, Q]
+    c = cos[:, :, None].to(x.dtype)  # [B, N, 1, 3, Q]
+    s = sin[:, :, None].to(x.dtype)
+    out = torch.stack((u * c - v * s, v * c + u * s), dim=-2)  # [B, N, H, 3, 2, Q]
+    return out.reshape(b, n, h, d)
+
+
+def _apply_rope3d_reference(x: Tensor, positions: Tensor, theta: float = 10000.0) -> Tensor:
+    """Plain per-pair loop of the same rotation (for tests)."""
+    out = x.clone()
+    d = x.shape[-1]
+    q = d // 6
+    for axis in range(3):
+        pos = positions[..., axis].to(x.dtype)[:, :, None]  # [B, N, 1]
+        for r in range(q):
+            i, j = 2 * q * axis + r, 2 * q * axis + q + r
+            a = pos * theta ** (-r / q)
+            u, v = x[..., i], x[..., j]
+            out[..., i] = u * torch.cos(a) - v * torch.sin(a)
+            out[..., j] = v * torch.cos(a) + u * torch.sin(a)
+    return out
