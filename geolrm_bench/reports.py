@@ -38,8 +38,16 @@ KEY_COLUMNS: tuple[str, ...] = ("method", "dataset", "num_input_views")
 PAPER_TABLES = Path(__file__).resolve().parent / "data" / "paper_tables.csv"
 # our dataset kinds -> the paper's dataset names
 PAPER_DATASET = {"gso": "GSO", "omni": "OmniObject3D"}
-# checkpoint kinds that stand for the paper's trained model
+# checkpoint kinds: "official" (the paper's released weights), "pretrained" (our own trained
+# weights), "random" (a preset with random weights), "external" (another method's predictions)
 PAPER_CHECKPOINT_KINDS = ("official",)
+NOT_PAPER_KINDS = ("random", "pretrained")
+
+
+def not_paper_model(checkpoint_kind: str, preset: str | None) -> bool:
+    """True when GeoLRM numbers come from random weights or a non-paper preset."""
+    return checkpoint_kind in NOT_PAPER_KINDS or (checkpoint_kind != "external" and preset not in (None, "",
+                                                                                                "paper"))
 
 
 def ci95(values: Iterable[float]) -> float:
@@ -60,7 +68,8 @@ def ci95(values: Iterable[float]) -> float:
 
 
 def summarize(per_object: pd.DataFrame, method: str, dataset: str, num_input_views: int,
-              checkpoint_kind: str = "unknown", device: str = "") -> pd.DataFrame:
+              checkpoint_kind: str = "unknown", device: str = "", preset: str | None = None
+              ) -> pd.DataFrame:
     """One summary row (a 1-row DataFrame) from a per-object table.
 
     Only rows with ``status == "ok"`` count; each metric's mean and CI95 skip NaN.
@@ -78,7 +87,9 @@ def summarize(per_object: pd.DataFrame, method: str, dataset: str, num_input_vie
     row["num_objects"] = int(len(ok))
     row["num_failed"] = int(len(df) - len(ok))
     row["checkpoint_kind"] = checkpoint_kind
-    row["paper_model"] = bool(checkpoint_kind in PAPER_CHECKPOINT_KINDS)
+    row["preset"] = preset or ""
+    row["paper_model"] = bool(checkpoint_kind in PAPER_CHECKPOINT_KINDS and preset in (None, "", "paper"))
+    row["not_paper_model"] = not_paper_model(checkpoint_kind, preset)
     row["device"] = device
     return pd.DataFrame([row])
 
@@ -124,9 +135,11 @@ def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], confi
     """The text of ``summary.md``: a warning first when the weights are not the paper's, then
     mean ± CI95 per metric, the paper's rows beside ours, the protocol and the view indices."""
     lines: list[str] = []
-    kinds = set(summary["checkpoint_kind"]) if "checkpoint_kind" in summary else {"unknown"}
-    if not bool(summary.get("paper_model", pd.Series([False])).all()):
-        lines.append(f"> **NOT THE PAPER'S MODEL**: checkpoint kind {', '.join(sorted(kinds))} "
+    flagged = summary[summary["not_paper_model"].astype(bool)] if "not_paper_model" in summary else summary
+    if len(flagged):
+        kinds = sorted({f"{r['checkpoint_kind']}" + (f" preset {r['preset']}" if r.get("preset") else "")
+                        for _, r in flagged.iterrows()})
+        lines.append(f"> **NOT THE PAPER'S MODEL**: weights are {'; '.join(kinds)} "
                      f"({config.get('checkpoint') or config.get('preset') or 'n/a'}). These numbers measure "
                      "the pipeline, not GeoLRM's published quality.")
         lines.append("")
