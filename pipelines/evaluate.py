@@ -25,6 +25,7 @@ point cache), ``objects/`` (per-object records), the report files of
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -199,7 +200,7 @@ def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol:
             rec["object_dir"] = src.render_dir
             asset = _asset_from_render_metadata(Path(src.render_dir), rec["warnings"])
         else:
-            object_dir = Path(renders_root) / _safe(src.name)
+            object_dir = Path(renders_root) / src.name  # render_object writes <root>/<asset.name>
             if not (object_dir / "metadata.json").exists():
                 from geolrm_bench import rendering
 
@@ -243,17 +244,16 @@ def _asset_from_render_metadata(object_dir: Path, warnings: list[str]):
         return None
     try:
         meta = read_json(meta_path)
-        src = meta.get("source") or {}
-        path = src.get("path") if isinstance(src, dict) else meta.get("source_path")
-        kind = src.get("kind") if isinstance(src, dict) else meta.get("source_kind")
-        name = src.get("name") if isinstance(src, dict) else None
-        if not path or not Path(path).exists():
+        path = meta.get("path")
+        source = str(meta.get("source") or "")
+        if not path or not Path(path).exists() or not source:
             return None
         from geolrm_bench import datasets
 
-        if kind:
-            return datasets.ObjectRef(name or object_dir.name, Path(path), kind).load()
-        return datasets.load_mesh_file(path)
+        parts = source.split("/")
+        kind, dataset = parts[-1], (parts[0] if len(parts) > 1 else None)
+        name = str(meta.get("object") or object_dir.name)
+        return datasets.ObjectRef(name, Path(path), kind, dataset).load()
     except Exception as e:
         warnings.append(f"source mesh named in {meta_path} not loadable ({_one_line(e)})")
         return None
@@ -412,10 +412,10 @@ class PredictionsMethod:
         vt = gobjaverse.load_views(object_dir, views=protocol.test_views, background=protocol.background,
                                    resolution=protocol.resolution)
         if plys:
-            from model.ply import load_ply
-
             from geolrm_bench.metrics import prediction_points
             from model.rasterize import render_gaussians
+
+            load_ply = importlib.import_module("model.ply").load_ply  # engineer 6's module
 
             g = load_ply(plys[0]).to(self.device)
             with torch.no_grad():
@@ -495,13 +495,12 @@ class Evaluator:
         self.lpips_device = self.method.device
 
     def info(self) -> dict:
-        import platform
-
         import torch
 
+        from geolrm_bench.metrics.cost import cpu_name
+
         dev = self.method.device
-        name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else (platform.processor() or
-                                                                             platform.machine())
+        name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else cpu_name()
         return {"checkpoint_kind": self.method.checkpoint_kind, "preset": self.method.preset,
                 "checkpoint_sha256": self.method.checkpoint_sha256, "device": dev, "device_name": name}
 
@@ -567,15 +566,21 @@ def score_object(prep: dict, pred: dict, protocol: Protocol, record_path: str, m
             rec["views"].append({"view": int(v), "psnr": float(ps[i]), "ssim": float(ss[i]),
                                  "lpips": float(lp[i])})
         rec["psnr"], rec["ssim"], rec["lpips"] = float(ps.mean()), float(ss.mean()), float(lp.mean())
-        rec["chamfer"] = rec["fscore"] = float("nan")
+        rec["chamfer"] = rec["fscore"] = rec["chamfer_norm"] = rec["fscore_norm"] = float("nan")
         if pred.get("points") is not None and prep.get("gt_points"):
             with np.load(prep["gt_points"]) as z:
                 gt_pts = z["points"]
                 to_norm = z["to_normalized"]
-            pts = to_gt_frame(np.asarray(pred["points"], np.float64), to_norm)
-            gm = geometry_metrics(pts, gt_pts, taus=(protocol.fscore_tau,), frame="gt")
+            pred_norm = np.asarray(pred["points"], np.float64)
+            gm = geometry_metrics(to_gt_frame(pred_norm, to_norm), gt_pts, taus=(protocol.fscore_tau,),
+                                  frame="gt")
             rec["chamfer"] = float(gm["chamfer"])
             rec["fscore"] = float(_fscore_value(gm, protocol.fscore_tau))
+            # the same in the normalised object frame (longest side 1), comparable across datasets
+            gt_norm = gt_pts @ np.asarray(to_norm)[:3, :3].T + np.asarray(to_norm)[:3, 3]
+            gn = geometry_metrics(pred_norm, gt_norm, taus=(protocol.fscore_tau,), frame="normalized")
+            rec["chamfer_norm"] = float(gn["chamfer"])
+            rec["fscore_norm"] = float(_fscore_value(gn, protocol.fscore_tau))
         elif pred.get("points") is None:
             rec["warnings"].append("method gave no geometry: chamfer/fscore not computed")
         rec["inference_s"] = float(pred["inference_s"])
@@ -778,8 +783,9 @@ def load_records(run_dir: Path, names: list[str]) -> list[dict]:
 
 
 PER_OBJECT_COLUMNS = ["object", "status", "error", "method", "dataset", "num_input_views", "psnr", "ssim",
-                      "lpips", "chamfer", "fscore", "inference_s", "memory_gb", "num_gaussians", "render_s",
-                      "reconstruct_s", "metrics_s", "device", "warnings"]
+                      "lpips", "chamfer", "fscore", "inference_s", "memory_gb", "chamfer_norm", "fscore_norm",
+                      "num_gaussians", "render_s", "reconstruct_s", "metrics_s", "memory_method", "device",
+                      "warnings"]
 
 
 def tables(records: list[dict]):
