@@ -341,22 +341,47 @@ class ObjectOccupancy:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def read_object_depths(
+    object_dir: str | Path, views: list[int] | None = None, clean: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Depth maps [V, H, W] float32, c2w_opencv [V, 4, 4], normalised K [V, 3, 3] of an object folder.
+
+    Reads only each view's JSON and ``_nd.exr`` (no PNG decoding). With ``clean`` the official
+    rule is applied (``geolrm_bench.gobjaverse.clean_depth``: depth nearer than camera distance
+    - 0.867 dropped, valid mask eroded 3x3). Missing/unreadable files raise BenchError naming them.
+    """
+    from geolrm_bench import gobjaverse  # engineer 1's module; imported lazily
+    from geolrm_bench.cameras import NUM_VIEWS, read_camera_json
+
+    object_dir = Path(object_dir)
+    if not object_dir.is_dir():
+        raise BenchError("object folder not found", object_dir)
+    idx = list(range(NUM_VIEWS)) if views is None else [int(v) for v in views]
+    depths, c2ws, Ks = [], [], []
+    for i in idx:
+        p = gobjaverse.view_paths(object_dir, i)
+        cam = read_camera_json(p["json"])
+        _, depth = gobjaverse.read_nd_exr(p["exr"])
+        if clean:
+            depth = gobjaverse.clean_depth(depth, cam.distance)
+        if depths and depth.shape != depths[0].shape:
+            raise BenchError(f"depth size {depth.shape} differs from view {idx[0]}'s {depths[0].shape}",
+                             p["exr"])
+        depths.append(np.asarray(depth, dtype=np.float32))
+        c2ws.append(cam.c2w_opencv)
+        Ks.append(cam.intrinsics)
+    if not depths:
+        raise BenchError("no views requested", object_dir)
+    return np.stack(depths), np.stack(c2ws).astype(np.float64), np.stack(Ks).astype(np.float64)
+
+
 def voxelize_object(
     object_dir: str | Path, resolution: int = DEFAULT_RESOLUTION, views: list[int] | None = None
 ) -> ObjectOccupancy:
-    """Read the depth maps and cameras of a GObjaverse-format object folder and voxelize them.
-
-    Uses ``geolrm_bench.gobjaverse.load_views(..., clean=True)`` (the official depth cleaning:
-    depth closer than camera distance - 0.867 dropped, 3x3 erosion at depth edges).
-    """
-    from geolrm_bench import gobjaverse  # engineer 1's module; imported lazily
-
+    """Voxelize a GObjaverse-format object folder (default: all 40 views, cleaned depth)."""
     object_dir = Path(object_dir)
     t0 = time.perf_counter()
-    batch = gobjaverse.load_views(object_dir, views=views, clean=True)
-    depths = _to_numpy(batch.depths)[:, 0]  # [V, H, W]
-    c2w = _to_numpy(batch.c2w_opencv)
-    K = _to_numpy(batch.intrinsics)
+    depths, c2w, K = read_object_depths(object_dir, views, clean=True)
     t1 = time.perf_counter()
     try:
         idx = voxelize_depth(depths, c2w, K, resolution)
