@@ -157,8 +157,9 @@ class GeoTransformer(nn.Module):
         super().__init__()
         self.dim, self.heads, self.rope_theta, self.use_rope = dim, heads, rope_theta, use_rope
         self.query_token = nn.Parameter(torch.randn(1, 1, dim - 3) * 0.02)
-        self.layers = nn.ModuleList(GeoTransformerBlock(dim, heads, ffn_hidden, levels, points, value_dim, eps)
-                                    for _ in range(layers))
+        self.layers = nn.ModuleList(
+            GeoTransformerBlock(dim, heads, ffn_hidden, levels, points, value_dim, eps)
+            for _ in range(layers))
         self.norm = RMSNorm(dim, eps)
 
     def forward(
