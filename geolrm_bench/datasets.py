@@ -320,7 +320,11 @@ def _read_mesh(
             warnings.simplefilter("ignore")
             with open(path, "rb") as f:
                 data = f.read()
-            loaded = trimesh.load(io.BytesIO(data), file_type=ext[1:], resolver=resolver, force="mesh")
+            # process=False: trimesh's default processing silently drops NaN vertices
+            # and their faces; validate first, then process (merge vertices)
+            loaded = trimesh.load(
+                io.BytesIO(data), file_type=ext[1:], resolver=resolver, force="mesh", process=False
+            )
     except BenchError:
         raise
     except Exception as e:  # trimesh raises many types on corrupt files
@@ -337,6 +341,7 @@ def _read_mesh(
         raise BenchError(f"object {label!r}: {n} vertices are NaN or infinite", path)
     if mesh.faces.min() < 0 or mesh.faces.max() >= len(mesh.vertices):
         raise BenchError(f"object {label!r}: face indices out of range", path)
+    mesh.process(validate=False)
 
     if resolver.substituted:
         notes.append(f"{label}: material file {'; '.join(resolver.substituted)} (mtllib name is stale)")
