@@ -260,3 +260,21 @@ def test_render_collection_resumes_and_reports(tmp_path):
     assert s2.skipped == ["a", "b"] and s2.written == [] and len(s2.failed) == 1
     vb = gobjaverse.load_views(tmp_path / "a", views=[0, 25])
     assert vb.images.shape == (2, 3, 24, 24)
+
+
+def test_cli_render_mesh_file(tmp_path, capsys):
+    from geolrm_bench.cli import main
+
+    mesh_path = tmp_path / "cube.obj"
+    trimesh.creation.box(extents=(2.0, 1.0, 0.5)).export(mesh_path)  # not normalised: the loader does it
+    out = tmp_path / "out"
+    rc = main(["render", str(mesh_path), "--out", str(out), "--resolution", "32", "--views", "0", "25",
+               "--quiet"])
+    assert rc == 0
+    assert "rendered 1" in capsys.readouterr().out
+    vb = gobjaverse.load_views(out / "cube", views=[25], clean=False)
+    # top view of the normalised box: its top face at z = 0.25 / 2 (longest side 2 -> 1)
+    d = vb.depths[0, 0].numpy()
+    assert np.median(d[d > 0]) == pytest.approx(cameras.ORBIT_DISTANCE - 0.125, abs=1e-4)
+    assert main(["render", str(tmp_path / "missing.obj"), "--out", str(out)]) == 2
+    assert "missing.obj" in capsys.readouterr().err
