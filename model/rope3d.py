@@ -17,22 +17,24 @@ import torch
 from torch import Tensor
 
 
-def rope3d_angles(positions: Tensor, head_dim: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:
+def rope3d_angles(positions: Tensor, head_dim: int, theta: float = 10000.0,
+                  dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """Cosines and sines for :func:`apply_rope3d`.
 
     Args:
         positions: ``[B, N, 3]`` integer (or float) voxel positions, axes (x, y, z).
         head_dim: D, a multiple of 6.
         theta: RoPE base.
+        dtype: of the result (angles are computed in float64).
     Returns:
-        ``(cos, sin)``, each ``[B, N, 3, Q]`` float32 with Q = D / 6.
+        ``(cos, sin)``, each ``[B, N, 3, Q]`` with Q = D / 6.
     """
     if head_dim % 6:
         raise ValueError(f"RoPE-3D needs a head dim divisible by 6, got {head_dim}")
     q = head_dim // 6
     inv_freq = theta ** (-torch.arange(q, dtype=torch.float64, device=positions.device) / q)  # [Q]
     angles = positions.to(torch.float64)[..., None] * inv_freq  # [B, N, 3, Q]
-    return angles.cos().float(), angles.sin().float()
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rope3d(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

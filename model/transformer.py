@@ -47,8 +47,9 @@ def head_mixing_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         token, then ``O.transpose(1, 2).contiguous().view(B, S, H*D)`` (a token/head scramble).
     """
     b, s, h, d = q.shape
-    scores = torch.matmul(q.float(), k.float().transpose(2, 3)) / math.sqrt(d)  # [B, S, H, H]
-    out = torch.matmul(scores.softmax(-1), v.float()).to(v.dtype)  # [B, S, H, D]
+    dt = torch.promote_types(q.dtype, torch.float32)  # at least fp32, as the official branch
+    scores = torch.matmul(q.to(dt), k.to(dt).transpose(2, 3)) / math.sqrt(d)  # [B, S, H, H]
+    out = torch.matmul(scores.softmax(-1), v.to(dt)).to(v.dtype)  # [B, S, H, D]
     return out.transpose(1, 2).contiguous().view(b, s, h * d)
 
 
@@ -183,7 +184,7 @@ class GeoTransformer(nn.Module):
         ref_uv = ref_uv.reshape(-1, s, 2).to(h.dtype)
         rope = None
         if not compat and self.use_rope and positions is not None:
-            rope = rope3d_angles(positions, self.dim // self.heads, self.rope_theta)
+            rope = rope3d_angles(positions, self.dim // self.heads, self.rope_theta, dtype=h.dtype)
         for i, layer in enumerate(self.layers):
             h = layer(h, value, spatial_shapes, ref_uv, rope, key_mask, compat, reference)
             if intermediates is not None and i == 0:
