@@ -7,8 +7,8 @@ ground-truth (GT) frame of an object is the coordinate frame *of its source file
 (the numbers written in the OBJ/STL/...), in the file's own units and axes;
 ``ObjectAsset.to_normalized`` ([4, 4], homogeneous, column vectors) maps GT-frame
 points into the normalised frame and already contains the unit change (HOPE cm,
-OmniObject3D mm -> metres) and the axis change (OmniObject3D Y-up -> Z-up via
-(x, y, z) -> (x, -z, y)). ``ObjectAsset.unit_m`` gives metres per GT unit, so
+OmniObject3D mm -> metres) and the axis change (HOPE and OmniObject3D are Y-up:
+Z-up via (x, y, z) -> (x, -z, y)). ``ObjectAsset.unit_m`` gives metres per GT unit, so
 distances measured in the GT frame convert to metres by multiplying with it.
 
 Kinds (``list_objects(kind, root)``):
@@ -20,7 +20,8 @@ Kinds (``list_objects(kind, root)``):
   once into a cache folder (``$GEOLRM_BENCH_CACHE`` or ``<checkout>/.cache``).
 - ``scans``: loose scanned-object folders (OBJ + MTL + texture), one sub-folder per
   object, or loose OBJ files. Units of the file, Z-up.
-- ``hope``: HOPE scans, same layout as ``scans``, in centimetres (unit_m = 0.01).
+- ``hope``: HOPE scans, same layout as ``scans``, in centimetres (unit_m = 0.01), Y-up
+  (upright labels and standing bottles point +Y in the files), turned Z-up like Omni.
 - ``omni``: OmniObject3D ``raw_scans/<category>/<id>/Scan/Scan.obj|.mtl|.jpg``,
   millimetres, Y-up.
 - ``meshes``: any mesh file (.obj .glb .gltf .ply .stl .off) or a folder of them.
@@ -74,6 +75,9 @@ MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off")
 FLAT_GREY = (128, 128, 128, 255)
 #: metres per unit of the source files, per object kind
 UNIT_M = {"gso": 1.0, "scans": 1.0, "hope": 0.01, "omni": 0.001, "meshes": 1.0}
+#: kinds whose files are Y-up (turned Z-up by (x, y, z) -> (x, -z, y)). HOPE: the scans'
+#: labels read upright and bottles/cartons stand along +Y in the files.
+Y_UP_KINDS = ("hope", "omni")
 _COLLISION_RE = re.compile(r"(_col|_coll|_collision|_ch)$", re.IGNORECASE)
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +152,7 @@ def source_transform(kind: str) -> np.ndarray:
     if kind not in UNIT_M:
         raise BenchError(f"unknown object kind {kind!r} (expected one of {', '.join(UNIT_M)})")
     m = np.eye(4)
-    if kind == "omni":  # Y-up -> Z-up: (x, y, z) -> (x, -z, y)
+    if kind in Y_UP_KINDS:  # Y-up -> Z-up: (x, y, z) -> (x, -z, y), +90 deg about X
         m[:3, :3] = [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]
     m[:3, :3] *= UNIT_M[kind]
     return m

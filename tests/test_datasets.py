@@ -199,10 +199,16 @@ def test_hope_centimetres(tmp_path):
     check_normalised(asset)
     assert asset.unit_m == 0.01
     corners_m = corners_cm * 0.01
-    exp = expected_normalised(corners_m, np.array(lo_cm) * 0.01, np.array(hi_cm) * 0.01)
+    # HOPE files are Y-up: Z-up metres by hand, (x, y, z) -> (x, -z, y) / 100
+    zup = np.stack([corners_m[:, 0], -corners_m[:, 2], corners_m[:, 1]], axis=1)
+    exp = expected_normalised(zup, zup.min(0), zup.max(0))
     assert_same_point_set(asset.mesh.vertices, exp)
-    np.testing.assert_allclose(asset.to_normalized[:3, :3], np.eye(3) * 0.01 / 0.10, atol=1e-15)
-    # the GT frame is the file's (centimetres); times unit_m gives metres
+    rot = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    np.testing.assert_allclose(asset.to_normalized[:3, :3], rot * 0.01 / 0.10, atol=1e-15)
+    # file Y (5 cm) is now the height, file X (10 cm) the longest side
+    ext = asset.mesh.vertices.max(0) - asset.mesh.vertices.min(0)
+    np.testing.assert_allclose(ext, [1.0, 2.5 / 10, 5.0 / 10], atol=1e-12)
+    # the GT frame is the file's (centimetres, Y-up); times unit_m gives metres
     np.testing.assert_allclose(asset.to_gt_frame(exp), corners_cm, atol=1e-10)
     np.testing.assert_allclose(asset.to_gt_frame(exp) * asset.unit_m, corners_m, atol=1e-12)
     assert asset.mesh.visual.material.image is not None and asset.warnings == []
