@@ -27,6 +27,7 @@ Conventions:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from geolrm_bench.cameras import (
     NUM_VIEWS,
     CameraJSON,
+    camera_to_json_dict,
     opencv_to_opengl,
     read_camera_json,
     write_camera_json,
@@ -142,8 +144,8 @@ def _exr_compression(name: str):
 
 
 def write_nd_exr(path: str | Path, normals_blender: np.ndarray, depth: np.ndarray,
-                 compression: str = "zip", half: bool = False) -> Path:
-    """Write a GObjaverse ``_nd.exr`` atomically.
+                 compression: str = "zip", half: bool = False, atomic: bool = True) -> Path:
+    """Write a GObjaverse ``_nd.exr`` (atomically unless ``atomic=False``, e.g. inside ``io.atomic_dir``).
 
     Args:
         normals_blender: [H, W, 3] world normals in the Blender Z-up frame (0 on background);
@@ -166,11 +168,13 @@ def write_nd_exr(path: str | Path, normals_blender: np.ndarray, depth: np.ndarra
     channels["A"] = np.ascontiguousarray(d, dtype=dt)
     header = {"compression": _exr_compression(compression), "type": OpenEXR.scanlineimage}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.exr")
+    tmp = path.with_name(f".{path.name}.tmp.exr") if atomic else path
     try:
-        with OpenEXR.File(header, channels) as f:
+        # single-threaded encode: faster than OpenEXR's thread pool on few, shared cores (measured)
+        with OpenEXR.File(header, channels, num_threads=0) as f:
             f.write(str(tmp))
-        tmp.replace(path)
+        if atomic:
+            tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -346,21 +350,27 @@ def load_views(object_dir: str | Path, views: Sequence[int] | None = None,
 
 def write_view(object_dir: str | Path, index: int, rgba: np.ndarray, c2w_opencv: np.ndarray,
                normals_blender: np.ndarray, depth: np.ndarray, fov: tuple[float, float] | None = None,
-               exr_compression: str = "zip", png_compress_level: int = 1) -> dict[str, Path]:
+               exr_compression: str = "zip", png_compress_level: int = 1,
+               atomic: bool = True) -> dict[str, Path]:
     """Write one view (PNG RGBA uint8 [H,W,4], JSON with c2w in OpenCV axes, ``_nd.exr``).
 
     ``fov`` = (x_fov, y_fov) in radians (default 39.6 deg). Normals in the Blender Z-up
-    frame, depth = z-depth (world units, 0 background). Each file is written atomically;
-    callers wanting an all-or-nothing object folder wrap this in ``io.atomic_dir``.
+    frame, depth = z-depth (world units, 0 background). Each file is written atomically
+    (temporary name, fsync, rename) unless ``atomic=False``: callers that write into an
+    ``io.atomic_dir`` (all-or-nothing object folder) skip the per-file cost.
     """
     p = view_paths(object_dir, index)
     p["png"].parent.mkdir(parents=True, exist_ok=True)
     if fov is None:
         f = math.radians(39.6)
         fov = (f, f)
-    write_png_rgba(p["png"], rgba, png_compress_level)
-    write_camera_json(p["json"], c2w_opencv, fov[0], fov[1])
-    write_nd_exr(p["exr"], normals_blender, depth, compression=exr_compression)
+    if atomic:
+        write_png_rgba(p["png"], rgba, png_compress_level)
+        write_camera_json(p["json"], c2w_opencv, fov[0], fov[1])
+    else:
+        p["png"].write_bytes(encode_png(rgba, png_compress_level))
+        p["json"].write_text(json.dumps(camera_to_json_dict(c2w_opencv, fov[0], fov[1]), indent=2) + "\n")
+    write_nd_exr(p["exr"], normals_blender, depth, compression=exr_compression, atomic=atomic)
     return p
 
 

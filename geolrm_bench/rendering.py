@@ -265,7 +265,7 @@ def write_object_views(layers: dict[str, Any], object_dir: str | Path, *, source
         for k, v in enumerate(views):
             write_view(tmp, v, rgba[k], layers["c2w_opencv"][k], normals[k], depth[k],
                        fov=tuple(layers["fov"]), exr_compression=exr_compression,
-                       png_compress_level=png_compress_level)
+                       png_compress_level=png_compress_level, atomic=False)
         write_json_atomic(tmp / METADATA_NAME, meta)
     return object_dir
 
