@@ -116,13 +116,15 @@ def build_empty(cfg: ModelConfig):
 
 def load_into(model, sd: dict[str, Tensor], source: str = "checkpoint"):
     """Check and load ``sd`` into ``model`` (meta or real), fp32 floats, strict. Empties ``sd``."""
-    sd = match_state_dict(model, sd, source)
+    renamed = match_state_dict(model, sd, source)
+    sd.clear()  # the caller's references go: parameters below take over the tensors
     expected = model.state_dict(keep_vars=True)
-    for key in list(sd):
-        if sd[key].is_floating_point():
-            sd[key] = sd[key].to(expected[key].dtype if expected[key].is_floating_point() else torch.float32)
-    model.load_state_dict(sd, strict=True, assign=True)
-    sd.clear()
+    for key in list(renamed):
+        if renamed[key].is_floating_point():
+            target = expected[key].dtype if expected[key].is_floating_point() else torch.float32
+            renamed[key] = renamed[key].to(target)
+    model.load_state_dict(renamed, strict=True, assign=True)
+    renamed.clear()
     return model
 
 
