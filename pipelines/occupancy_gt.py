@@ -287,6 +287,7 @@ def _run_local(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
 def _run_ray(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
     """Yield records as tasks finish; a bounded window of tasks is in flight."""
     ray, own = _init_ray(cfg)
+    restore = _sigterm_as_interrupt()  # after ray.init, which installs its own SIGTERM handler
     try:
         remote = ray.remote(process_item).options(num_cpus=cfg.cpus_per_task, max_retries=cfg.max_retries,
                                                   retry_exceptions=False)
@@ -307,6 +308,7 @@ def _run_ray(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
                     yield {"object": it.name, "status": "failed", "resolution": cfg.resolution,
                            "error": " ".join(f"{type(e).__name__}: {e}".split())[:500], "seconds": None}
     finally:
+        restore()
         if own:
             ray.shutdown()
 
