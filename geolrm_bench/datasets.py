@@ -265,6 +265,7 @@ class _SearchResolver(trimesh.resolvers.FilePathResolver):
         self.obj_path = obj_path
         self.missing: list[str] = []
         self.substituted: list[str] = []
+        self.found: list[str] = []
 
     def _find(self, name: str) -> Path | None:
         name = name.strip().strip('"')
@@ -292,6 +293,7 @@ class _SearchResolver(trimesh.resolvers.FilePathResolver):
         if path is None:
             self.missing.append(name)
             raise FileNotFoundError(name)
+        self.found.append(name)
         return path.read_bytes()
 
 
@@ -352,6 +354,9 @@ def _read_mesh(
     missing = sorted({m for m in resolver.missing if not m.lower().endswith(".mtl")})
     missing_mtl = sorted({m for m in resolver.missing if m.lower().endswith(".mtl")})
     visual = mesh.visual
+    textured = isinstance(visual, trimesh.visual.TextureVisuals)
+    has_image = textured and visual.uv is not None and _has_image(visual.material)
+    found_tex = sorted({n for n in resolver.found if not n.lower().endswith(".mtl")})
     if missing:
         names = ", ".join(missing)
         notes.append(f"{label}: texture {names} not found (referenced by {path.name}); flat grey")
@@ -359,14 +364,15 @@ def _read_mesh(
     elif missing_mtl:
         notes.append(f"{label}: material file {', '.join(missing_mtl)} not found; flat grey")
         _flat(mesh)
-    elif isinstance(visual, trimesh.visual.TextureVisuals):
-        mat = visual.material
-        if visual.uv is None or not _has_image(mat):
-            # material without an image: use its diffuse colour as a flat face colour
-            color = getattr(mat, "main_color", None)
-            _flat(mesh, FLAT_GREY if color is None else np.asarray(color, np.uint8))
-    elif not isinstance(visual, trimesh.visual.ColorVisuals) or not visual.defined:
+    elif found_tex and not has_image:
+        notes.append(f"{label}: texture {', '.join(found_tex)} unreadable or unused; flat grey")
         _flat(mesh)
+    elif textured and not has_image:
+        # material without an image: use its diffuse colour as a flat face colour
+        color = getattr(visual.material, "main_color", None)
+        _flat(mesh, FLAT_GREY if color is None else np.asarray(color, np.uint8))
+    elif not textured and (not isinstance(visual, trimesh.visual.ColorVisuals) or not visual.defined):
+        _flat(mesh)  # no colour at all (e.g. STL): flat grey, not worth a warning
     for n in notes:
         warnings.warn(n, stacklevel=3)
     return mesh, notes
@@ -406,9 +412,8 @@ def _load_object(name: str, path: Path, kind: str, source: str) -> ObjectAsset:
             raise BenchError(f"object {name!r}: no meshes/model.obj in GSO object", path)
         tex_dirs = [mesh_path.parent.parent / "materials" / "textures", mesh_path.parent.parent / "materials"]
         return _make_asset(name, path, kind, source, mesh_path, extra_dirs=tex_dirs, search_root=folder)
-    if path.is_file():
-        search = path.parent if kind != "meshes" else None
-        return _make_asset(name, path, kind, source, path, search_root=search)
+    if path.is_file():  # a loose mesh file: its textures must sit beside it
+        return _make_asset(name, path, kind, source, path)
     if kind == "omni":
         mesh_path = path / "Scan" / "Scan.obj"
         if not mesh_path.is_file():

@@ -403,3 +403,26 @@ def test_installed_sample_data_loads(kind):
         a = r.load()
         check_normalised(a)
         assert len(a.mesh.faces) > 0
+
+
+def test_corrupt_texture_is_a_warning(tmp_path):
+    files = gso_files()
+    files["materials/textures/texture.png"] = b"not a png"
+    write_tree(tmp_path / "gso" / "Bad_Texture", files)
+    with pytest.warns(UserWarning, match="unreadable"):
+        asset = ds.list_objects("gso", tmp_path / "gso")[0].load()
+    assert len(asset.warnings) == 1 and "texture.png" in asset.warnings[0]
+    assert (asset.mesh.visual.face_colors[:, :3] == 128).all()
+
+
+def test_loose_obj_does_not_borrow_another_objects_texture(tmp_path):
+    root = tmp_path / "scans"
+    write_tree(root / "other", {"o.obj": obj_text(box_corners((0, 0, 0), (1, 1, 1)), "o.mtl").encode(),
+                                "o.mtl": MTL.encode(), "texture.png": png_bytes()})
+    write_tree(root, {"loose.obj": obj_text(box_corners((0, 0, 0), (1, 1, 2)), "loose.mtl").encode(),
+                      "loose.mtl": MTL.encode()})
+    refs = {r.name: r for r in ds.list_objects("scans", root)}
+    assert sorted(refs) == ["loose", "other"]
+    with pytest.warns(UserWarning, match="texture.png"):
+        asset = refs["loose"].load()
+    assert isinstance(asset.mesh.visual, trimesh.visual.ColorVisuals)
