@@ -55,6 +55,7 @@ ALPHA_MAX = 0.99  # per-Gaussian alpha clamp (3DGS / official renderer)
 T_MIN = 1e-4  # transmittance at which compositing stops (3DGS)
 EPS2D = 0.3  # low-pass dilation of the 2D covariance, px^2 (3DGS, gsplat eps2d)
 NEAR = 0.2  # view-z culling plane of the official renderer, world units
+_POWER_MAX = 30.0  # exp(-30) ~ 1e-13: well below 1/255, still a normal float32
 _FLIP_YZ = (1.0, -1.0, -1.0, 1.0)  # OpenGL <-> OpenCV camera axes
 
 
@@ -171,6 +172,9 @@ def _gaussian_alpha(
     """3DGS alpha: ``min(0.99, o exp(-0.5 d^T Sigma^-1 d))`` with values below 1/255 set to 0."""
     a, b, c = conic[..., 0, None], conic[..., 1, None], conic[..., 2, None]
     power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    # far from the centre exp(-power) would underflow into denormals (very slow on x86 CPUs);
+    # beyond power = 2 ln(255) ~ 11.1 alpha < 1/255 is dropped anyway, so clamping changes nothing
+    power = power.clamp_max(_POWER_MAX)
     alpha = (opacity[..., None] * torch.exp(-power)).clamp_max(ALPHA_MAX)
     return torch.where(alpha >= ALPHA_MIN, alpha, torch.zeros_like(alpha))
 
