@@ -65,9 +65,21 @@ def _import_pyrender(backend: str):
         os.environ["PYOPENGL_PLATFORM"] = backend
     try:
         import pyrender
+        import pyrender.renderer as prr
     except Exception as e:  # missing libOSMesa / libEGL show up as ImportError or OSError
         raise BenchError(f"cannot load pyrender with backend {backend!r} ({type(e).__name__}: {e}); "
                          "for osmesa install libosmesa6") from None
+    if not getattr(prr, "_geolrm_single_sample", False):
+        # pyrender's framebuffer path (EGL) hard-codes 4x MSAA: colours at edges are blended
+        # (which would corrupt the face-id pass) and depth is resolved from one sample. Force
+        # single-sample storage so every pixel is the exact pixel-centre sample, as with OSMesa.
+        orig = prr.glRenderbufferStorageMultisample
+
+        def _single_sample(target, samples, internalformat, width, height):
+            return orig(target, 0, internalformat, width, height)
+
+        prr.glRenderbufferStorageMultisample = _single_sample
+        prr._geolrm_single_sample = True
     return pyrender
 
 
@@ -146,8 +158,9 @@ def render_views(mesh, resolution: int = 512, views: Sequence[int] | None = None
         mesh: trimesh.Trimesh with TextureVisuals (image + UVs) or ColorVisuals.
         resolution: image side in pixels (square images).
         views: view indices 0..39 (default all 40).
-        backend: ``"osmesa"`` (CPU, default) or ``"egl"`` (GPU; EGL depth may be read at a
-            multisample position, prefer osmesa where depth accuracy matters).
+        backend: ``"osmesa"`` (CPU, default) or ``"egl"`` (GPU or Mesa). pyrender's 4x MSAA
+            framebuffer (EGL path) is forced to single-sample here, so both backends give the
+            same pixel-centre samples (no anti-aliasing).
         fov_deg: field of view of both axes, degrees (39.6 = GObjaverse).
 
     Returns:
@@ -200,7 +213,7 @@ def render_views(mesh, resolution: int = 512, views: Sequence[int] | None = None
             color, _ = r.render(scene, flags=flags)
             id_buf[..., :3] = color[..., :3]
             fid = id_buf.view("<u4")[..., 0].astype(np.int64) - 1  # [H, W], -1 = background
-            hit = (fid >= 0) & (depth[k] > 0)
+            hit = (fid >= 0) & (fid < len(face_n)) & (depth[k] > 0)
             normals[k][hit] = face_n[fid[hit]]
     finally:
         # drop the nodes; pyrender frees their GL buffers when it next renders another scene

@@ -278,3 +278,30 @@ def test_cli_render_mesh_file(tmp_path, capsys):
     assert np.median(d[d > 0]) == pytest.approx(cameras.ORBIT_DISTANCE - 0.125, abs=1e-4)
     assert main(["render", str(tmp_path / "missing.obj"), "--out", str(out)]) == 2
     assert "missing.obj" in capsys.readouterr().err
+
+
+_EGL_SCRIPT = """
+import sys, numpy as np, trimesh
+from geolrm_bench import rendering
+box = trimesh.creation.box(extents=(0.8, 0.6, 0.4))
+L = rendering.render_views(box, resolution=64, views=[0, 25], backend="egl")
+np.savez(sys.argv[1], rgba=L["rgba"], depth=L["depth"], normals=L["normals"])
+"""
+
+
+def test_egl_matches_osmesa(tmp_path):
+    """EGL (own process: the GL platform is fixed per process) gives the same pixels as OSMesa."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "egl.npz"
+    env = {**os.environ, "PYOPENGL_PLATFORM": "egl"}
+    proc = subprocess.run([sys.executable, "-c", _EGL_SCRIPT, str(out)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"EGL not available here: {proc.stderr.strip().splitlines()[-1:]}")
+    egl = np.load(out)
+    ref = rendering.render_views(trimesh.creation.box(extents=(0.8, 0.6, 0.4)), resolution=64, views=[0, 25])
+    np.testing.assert_array_equal(egl["rgba"], ref["rgba"])
+    np.testing.assert_allclose(egl["depth"], ref["depth"], atol=1e-5)
+    np.testing.assert_array_equal(egl["normals"], ref["normals"])
