@@ -144,7 +144,7 @@ def _exr_compression(name: str):
 
 
 def write_nd_exr(path: str | Path, normals_blender: np.ndarray, depth: np.ndarray,
-                 compression: str = "zip", half: bool = False, atomic: bool = True) -> Path:
+                 compression: str = "rle", half: bool = False, atomic: bool = True) -> Path:
     """Write a GObjaverse ``_nd.exr`` (atomically unless ``atomic=False``, e.g. inside ``io.atomic_dir``).
 
     Args:
@@ -350,7 +350,7 @@ def load_views(object_dir: str | Path, views: Sequence[int] | None = None,
 
 def write_view(object_dir: str | Path, index: int, rgba: np.ndarray, c2w_opencv: np.ndarray,
                normals_blender: np.ndarray, depth: np.ndarray, fov: tuple[float, float] | None = None,
-               exr_compression: str = "zip", png_compress_level: int = 1,
+               exr_compression: str = "rle", png_compress_level: int = 1,
                atomic: bool = True) -> dict[str, Path]:
     """Write one view (PNG RGBA uint8 [H,W,4], JSON with c2w in OpenCV axes, ``_nd.exr``).
 

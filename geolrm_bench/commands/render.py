@@ -34,8 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="K", help="render only the first K objects")
     p.add_argument("--views", type=int, nargs="+", default=None, metavar="I",
                    help="view indices 0..39 (default all 40)")
-    p.add_argument("--exr-compression", default="zip", choices=["none", "rle", "zips", "zip", "piz", "pxr24"],
-                   help="compression of the _nd.exr files (default zip)")
+    p.add_argument("--exr-compression", default="rle", choices=["none", "rle", "zips", "zip", "piz", "pxr24"],
+                   help="compression of the _nd.exr files (default rle: lossless and fastest to write; "
+                        "zip is ~40%% smaller and ~2x slower to encode)")
     p.add_argument("--force", action="store_true", help="re-render objects that are already finished")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
