@@ -275,3 +275,25 @@ def test_render_calls_the_rasterizer_per_batch_item(tiny):
     assert out["rgb"].shape == (2, 2, 3, 24, 20)
     assert out["alpha"].shape == (2, 2, 1, 24, 20)
     assert torch.all((out["rgb"] >= 0) & (out["rgb"] <= 1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compat", [False, True])
+def test_tiny_on_cuda_matches_cpu(compat):
+    torch.manual_seed(0)
+    model = GeoLRM(get_config("tiny", input_size=SIZE, compat=compat)).eval()
+    images, c2w, K = _views(v=2)
+    r = model.cfg.grid_res
+    occ = torch.zeros(1, r, r, r, dtype=torch.bool)
+    occ[0, 8:12, 9:13, 10:14] = True
+    with torch.no_grad():
+        cpu_logits = model.propose(images, c2w, K)
+        cpu = model.reconstruct(images, c2w, K, anchors=model.anchors_from_occupancy(occ, max_tokens=128))
+        model.cuda()
+        dev = [t.cuda() for t in (images, c2w, K)]
+        gpu_logits = model.propose(*dev)
+        gpu = model.reconstruct(*dev, anchors=model.anchors_from_occupancy(occ.cuda(), max_tokens=128))
+    torch.testing.assert_close(gpu_logits.cpu(), cpu_logits, rtol=0, atol=1e-3)
+    torch.testing.assert_close(gpu.means.cpu(), cpu.means, rtol=0, atol=1e-3)
+    torch.testing.assert_close(gpu.colors.cpu(), cpu.colors, rtol=0, atol=1e-3)
