@@ -109,10 +109,11 @@ def test_ssim_matches_skimage_astronaut():
 
 def test_ssim_fast_path_matches_reference_and_numpy_input():
     rng = np.random.default_rng(3)
-    a, b = rng.random((2, 2, 20, 31)), rng.random((2, 2, 20, 31))
+    a, b = rng.random((5, 2, 20, 31)), rng.random((5, 2, 20, 31))
     ref = _ssim_reference(a, b).numpy()
     np.testing.assert_allclose(ssim(a, b, dtype=torch.float64).numpy(), ref, atol=1e-10)
     np.testing.assert_allclose(ssim(a, b).numpy(), ref, atol=1e-5)
+    np.testing.assert_allclose(ssim(a, b, chunk_size=2).numpy(), ref, atol=1e-5)  # chunked batches
 
 
 def test_ssim_identical_is_one_and_accumulates():

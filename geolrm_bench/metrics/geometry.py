@@ -110,7 +110,7 @@ def nearest_distances(query, reference) -> np.ndarray:
     return d
 
 
-def _nearest_distances_reference(query, reference, chunk: int = 2048) -> np.ndarray:
+def _nearest_distances_reference(query, reference, chunk: int = 256) -> np.ndarray:
     """Brute-force float64 nearest distances (reference for tests)."""
     q = as_points(query, "query")
     r = as_points(reference, "reference")
