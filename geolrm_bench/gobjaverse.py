@@ -197,6 +197,11 @@ def read_nd_exr(path: str | Path) -> tuple[np.ndarray, np.ndarray]:  # [H, W, 3]
             chans = {name: np.asarray(ch.pixels) for name, ch in f.channels().items()}
     except Exception as e:  # OpenEXR raises plain RuntimeError / ValueError on corrupt data
         raise BenchError(f"unreadable EXR ({type(e).__name__}: {e})", path) from None
+    for c in "RGBA":  # Blender multilayer names, e.g. "ViewLayer.Combined.R"
+        if c not in chans:
+            cands = [k for k in chans if k.endswith("." + c)]
+            if len(cands) == 1:
+                chans[c] = chans[cands[0]]
     missing = [c for c in "RGBA" if c not in chans]
     if missing:
         raise BenchError(f"EXR lacks channel(s) {', '.join(missing)} (has {', '.join(sorted(chans))})", path)

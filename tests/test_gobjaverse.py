@@ -156,3 +156,23 @@ def test_list_rendered_objects(tmp_path):
     (root / "index.json").write_text(json.dumps({"objects": 3}))
     with pytest.raises(BenchError, match="index.json"):
         gobjaverse.list_rendered_objects(root)
+
+
+def test_exr_layer_prefixed_channels_and_missing_channel(tmp_path):
+    import OpenEXR
+
+    d = np.full((3, 3), 1.5, np.float32)
+    r, g, b = (np.full((3, 3), v, np.float32) for v in (0.1, 0.2, 0.3))
+    p = tmp_path / "layer_nd.exr"
+    with OpenEXR.File({"compression": OpenEXR.NO_COMPRESSION, "type": OpenEXR.scanlineimage},
+                      {"View.R": r, "View.G": g, "View.B": b, "View.A": d}) as f:
+        f.write(str(p))
+    n, depth = gobjaverse.read_nd_exr(p)
+    np.testing.assert_allclose(n[0, 0], [-0.1, -0.3, 0.2], rtol=1e-6)
+    np.testing.assert_array_equal(depth, d)
+    q = tmp_path / "rgb_nd.exr"
+    with OpenEXR.File({"compression": OpenEXR.NO_COMPRESSION, "type": OpenEXR.scanlineimage},
+                      {"R": r, "G": g, "B": b}) as f:
+        f.write(str(q))
+    with pytest.raises(BenchError, match="rgb_nd.exr.*lacks channel"):
+        gobjaverse.read_nd_exr(q)
