@@ -184,6 +184,19 @@ def _safe(name: str) -> str:
 # --------------------------------------------------------------------------------------------
 # stage 1 (CPU): render if needed + ground-truth points
 # --------------------------------------------------------------------------------------------
+def preload_torch_stack() -> None:
+    """Import torchvision (and with it torch._dynamo -> triton) BEFORE any OSMesa rendering.
+
+    Observed here: once pyrender's OSMesa context is created in a process (Mesa links its own
+    LLVM), a later first import of torchvision/triton segfaults (LLVM symbol clash). Importing
+    them first is harmless, so every stage that may render calls this first.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # torchvision absent or broken: nothing to protect
+        pass
+
+
 def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol: Protocol) -> dict:
     """Render the object's 40 views into ``renders_root`` (unless present) and cache its
     ground-truth surface points (GT frame, ``[num_gt_points, 3]`` float64) under ``gt_root``.
@@ -191,6 +204,7 @@ def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol:
     Returns a record ``{name, status, error, object_dir, gt_points, render_s, gt_s, warnings}``;
     never raises.
     """
+    preload_torch_stack()
     rec: dict[str, Any] = {"name": src.name, "status": "ok", "error": "", "object_dir": None,
                            "gt_points": None, "to_normalized": None, "render_s": 0.0, "gt_s": 0.0,
                            "warnings": []}
@@ -559,8 +573,8 @@ def score_object(prep: dict, pred: dict, protocol: Protocol, record_path: str, m
 
         p = torch.from_numpy(np.ascontiguousarray(pred["images"])).float()
         g = torch.from_numpy(np.ascontiguousarray(pred["gt_images"])).float()
-        ps = np.asarray(torch.as_tensor(psnr(p, g)).float().reshape(-1))
-        ss = np.asarray(torch.as_tensor(ssim(p, g)).float().reshape(-1))
+        ps = np.asarray(torch.as_tensor(psnr(p, g)).double().reshape(-1), dtype=np.float64)
+        ss = np.asarray(torch.as_tensor(ssim(p, g)).double().reshape(-1), dtype=np.float64)
         lp = np.asarray(pred["lpips"], dtype=np.float64).reshape(-1)
         for i, v in enumerate(protocol.test_views):
             rec["views"].append({"view": int(v), "psnr": float(ps[i]), "ssim": float(ss[i]),
@@ -648,6 +662,7 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None,
 
 
     log = log or (lambda s: None if cfg.quiet else print(s, flush=True))
+    preload_torch_stack()
     if cfg.predictions is None and not cfg.checkpoint and not cfg.preset:
         raise BenchError("give --checkpoint CKPT, --preset NAME or --predictions DIR")
     if cfg.predictions and (cfg.checkpoint or cfg.preset):
