@@ -92,7 +92,8 @@ def test_end_to_end_tiny_ray_then_resume(meshes, tmp_path):
         assert np.isfinite(x).all(), m
         assert row[m] == pytest.approx(x.mean(), rel=1e-9, abs=1e-12), m
         sem = stats.sem(x)
-        half = 0.0 if sem == 0 else np.diff(stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sem))[0] / 2
+        lo_hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sem) if sem > 0 else (0.0, 0.0)
+        half = (lo_hi[1] - lo_hi[0]) / 2
         assert row[f"{m}_ci95"] == pytest.approx(half, rel=1e-6, abs=1e-12), m
     # per-object image metrics = mean of its per-view rows; 4 test views each
     pv = per_view.groupby("object")[["psnr", "ssim", "lpips"]].mean()
@@ -161,8 +162,8 @@ def test_predictions_gt_derived_beats_random(meshes, renders, tmp_path):
         _write_3dgs_ply(good / name / "gaussians.ply", np.asarray(pts), cols, np.full((n, 3), 0.01),
                         np.full(n, 0.95))
         (bad / name).mkdir(parents=True)
-        _write_3dgs_ply(bad / name / "gaussians.ply", rng.uniform(-0.5, 0.5, (n, 3)), rng.uniform(0, 1, (n, 3)),
-                        np.full((n, 3), 0.01), np.full(n, 0.95))
+        _write_3dgs_ply(bad / name / "gaussians.ply", rng.uniform(-0.5, 0.5, (n, 3)),
+                        rng.uniform(0, 1, (n, 3)), np.full((n, 3), 0.01), np.full(n, 0.95))
     res = {}
     for label, folder in (("good", good), ("bad", bad)):
         run = tmp_path / f"run-{label}"
@@ -197,7 +198,8 @@ def test_predictions_mesh_and_png(meshes, renders, tmp_path):
     (pred / "ball").mkdir(parents=True)
     expect = []
     for v in TEST_VIEWS:
-        a = np.asarray(Image.open(renders / "ball" / f"{v:05d}" / f"{v:05d}.png").convert("RGBA"), np.float64) / 255
+        png = renders / "ball" / f"{v:05d}" / f"{v:05d}.png"
+        a = np.asarray(Image.open(png).convert("RGBA"), np.float64) / 255
         gt = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])
         dark = np.round(gt * 0.8 * 255).astype(np.uint8)
         Image.fromarray(dark, "RGB").save(pred / "ball" / f"{v:05d}.png")
