@@ -63,6 +63,8 @@ def _import_pyrender(backend: str):
                          f"PYOPENGL_PLATFORM={current}; start a new process")
     elif current != backend:
         os.environ["PYOPENGL_PLATFORM"] = backend
+    if "OpenGL" not in sys.modules:
+        _preload_llvm_users()
     try:
         import pyrender
         import pyrender.renderer as prr
@@ -81,6 +83,20 @@ def _import_pyrender(backend: str):
         prr.glRenderbufferStorageMultisample = _single_sample
         prr._geolrm_single_sample = True
     return pyrender
+
+
+def _preload_llvm_users() -> None:
+    """Import torchvision (-> torch._dynamo -> triton) before PyOpenGL loads the GL library.
+
+    Mesa (OSMesa, and EGL on llvmpipe) brings its own LLVM; once it is loaded, a later
+    first import of torchvision / triton segfaults in this environment (LLVM symbol clash,
+    reproduced: import pyrender or render, then ``import torchvision`` -> SIGSEGV). The
+    other order is harmless.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # absent or broken torchvision: nothing to protect
+        pass
 
 
 def _get_renderer(backend: str, width: int, height: int):

@@ -305,3 +305,16 @@ def test_egl_matches_osmesa(tmp_path):
     np.testing.assert_array_equal(egl["rgba"], ref["rgba"])
     np.testing.assert_allclose(egl["depth"], ref["depth"], atol=1e-5)
     np.testing.assert_array_equal(egl["normals"], ref["normals"])
+
+
+def test_render_then_import_torchvision_does_not_crash():
+    """Mesa's LLVM vs torchvision/triton: the renderer preloads torchvision, so the order is free."""
+    import subprocess
+    import sys
+
+    script = ("import trimesh\nfrom geolrm_bench import rendering\n"
+              "rendering.render_views(trimesh.creation.box(), resolution=16, views=[0])\n"
+              "import torchvision, torch._dynamo\nprint('ok')\n")
+    env = {**os.environ, "PYOPENGL_PLATFORM": "osmesa"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]
