@@ -316,5 +316,6 @@ def test_render_then_import_torchvision_does_not_crash():
               "rendering.render_views(trimesh.creation.box(), resolution=16, views=[0])\n"
               "import torchvision, torch._dynamo\nprint('ok')\n")
     env = {**os.environ, "PYOPENGL_PLATFORM": "osmesa"}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=180)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]
