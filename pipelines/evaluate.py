@@ -603,6 +603,7 @@ def score_object(prep: dict, pred: dict, protocol: Protocol, record_path: str, m
         rec["device"] = pred.get("device", "")
         rec["reconstruct_s"] = float(pred.get("reconstruct_s", math.nan))
         rec["memory_method"] = (pred.get("extra") or {}).get("memory_method", "")
+        rec["lpips_s"] = float(pred.get("lpips_s", math.nan))
         if (pred.get("extra") or {}).get("warning"):
             rec["warnings"].append(pred["extra"]["warning"])
     except Exception as e:
@@ -799,8 +800,8 @@ def load_records(run_dir: Path, names: list[str]) -> list[dict]:
 
 PER_OBJECT_COLUMNS = ["object", "status", "error", "method", "dataset", "num_input_views", "psnr", "ssim",
                       "lpips", "chamfer", "fscore", "inference_s", "memory_gb", "chamfer_norm", "fscore_norm",
-                      "num_gaussians", "render_s", "reconstruct_s", "metrics_s", "memory_method", "device",
-                      "warnings"]
+                      "num_gaussians", "render_s", "reconstruct_s", "metrics_s", "lpips_s", "memory_method",
+                      "device", "warnings"]
 
 
 def tables(records: list[dict]):

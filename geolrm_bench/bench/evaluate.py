@@ -1,0 +1,76 @@
+"""Benchmark: seconds for the whole evaluation of ONE object at 6 input views with the
+``tiny`` preset (random weights) on the CPU, split into stages:
+
+- rendering: 40 GObjaverse views (pyrender, OSMesa) + 16,000 ground-truth surface points;
+- reconstruction: loading the views + the model (image encoding to Gaussians; the paper's
+  "inference time" is this part alone, printed separately) + rasterizing the 4 test views;
+- metrics: PSNR, SSIM, LPIPS-VGG at the test views, Chamfer + F-score (both frames);
+- set-up (once per run): building the model and the LPIPS network.
+
+Runs in-process (``local``), no Ray, at the protocol's 512 px (``GEOLRM_BENCH_QUICK=1``: 256 px).
+The object is a procedurally made vertex-coloured mesh (a sphere on a box, about 2.6k faces).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def _make_object(folder: Path) -> Path:
+    import numpy as np
+    import trimesh
+
+    box = trimesh.creation.box(extents=(0.3, 0.2, 0.1))
+    ball = trimesh.creation.icosphere(subdivisions=3, radius=0.08)
+    ball.apply_translation((0.0, 0.0, 0.13))
+    mesh = trimesh.util.concatenate([box, ball])
+    c = (mesh.vertices - mesh.vertices.min(0)) / np.ptp(mesh.vertices, 0)
+    mesh.visual.vertex_colors = np.c_[(30 + 220 * c).astype(np.uint8), np.full(len(c), 255, np.uint8)]
+    folder.mkdir(parents=True, exist_ok=True)
+    mesh.export(folder / "sphere_on_box.ply")
+    return folder
+
+
+def main() -> None:
+    os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+    from tabulate import tabulate
+
+    from pipelines.evaluate import EvalConfig, Evaluator, method_spec, preload_torch_stack, run_eval
+
+    preload_torch_stack()
+    quick = os.environ.get("GEOLRM_BENCH_QUICK") == "1"
+    res = 256 if quick else 512
+    with tempfile.TemporaryDirectory(prefix="geolrm-bench-eval-") as tmp:
+        root = _make_object(Path(tmp) / "meshes")
+        cfg = EvalConfig(dataset="meshes", root=str(root), preset="tiny", num_input_views=6, limit=None,
+                         out=str(Path(tmp) / "run"), local=True, device="cpu", resolution=res, quiet=True)
+        t0 = time.perf_counter()
+        ev = Evaluator(method_spec(cfg), cfg.lpips_net)
+        setup = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        result = run_eval(cfg, evaluator=ev, log=lambda s: None)
+        total = time.perf_counter() - t1
+    rec = result.records[0]
+    if rec["status"] != "ok":
+        raise RuntimeError(f"evaluation failed: {rec['error']}")
+    rows = [
+        ["rendering (40 views + GT points)", rec["render_s"]],
+        ["reconstruction (load + model + test-view raster)", rec["reconstruct_s"]],
+        ["reconstruction: model inference only (paper time)", rec["inference_s"]],
+        ["metrics (PSNR, SSIM, LPIPS-VGG, Chamfer/F)", rec["metrics_s"]],
+        ["metrics: LPIPS-VGG only (4 views)", rec["lpips_s"]],
+        ["whole object (incl. bookkeeping, report)", total],
+        ["set-up once: tiny model + LPIPS-VGG", setup],
+    ]
+    print(f"one object, tiny preset (random weights), 6 input views, {res} px, CPU "
+          f"({rec.get('device', '')}), {rec.get('num_gaussians', 0)} Gaussians, "
+          f"peak RSS in reconstruction {rec['memory_gb']:.2f} GiB")
+    print(tabulate([[label, f"{sec:.2f}"] for label, sec in rows], headers=["stage", "seconds"],
+                   colalign=("left", "right"), disable_numparse=True))
+
+
+if __name__ == "__main__":
+    main()
