@@ -212,3 +212,12 @@ def test_measure_cost_cuda_peak():
         x = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
         del x
     assert cost.peak_memory_bytes >= 256 * 2**20 and cost.memory_method == "cuda-max-allocated"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_measure_cost_cuda_without_cuda_is_a_clear_error():
+    from geolrm_bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="CUDA is not available"):
+        with measure_cost("cuda"):
+            pass

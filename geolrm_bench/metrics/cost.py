@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from geolrm_bench.errors import BenchError
+
 
 @dataclass
 class CostResult:
@@ -69,12 +71,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+_PROCESS: list = []  # cached psutil.Process of this pid (psutil is optional)
+
+
 def current_rss_bytes() -> int:
     """Resident set size of this process now (bytes)."""
     try:
         import psutil
 
-        return int(psutil.Process().memory_info().rss)
+        if not _PROCESS or _PROCESS[0].pid != os.getpid():
+            _PROCESS[:] = [psutil.Process()]
+        return int(_PROCESS[0].memory_info().rss)
     except ImportError:
         pass
     try:
@@ -94,7 +101,9 @@ def _resolve_device(device) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"measure_cost: device {device} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
 
