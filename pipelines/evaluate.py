@@ -710,21 +710,31 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None,
     return write_run_report(cfg, protocol, run_dir, [s.name for s in sources], info, root)
 
 
-def _run_ray(cfg, spec, todo, protocol, renders_root, gt_root, run_dir, meta, on_done) -> dict:
+def _init_ray(cfg: EvalConfig) -> bool:
+    """Connect to ``cfg.address`` or start a local Ray; False when Ray was already up."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = False
-    if not ray.is_initialized():
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-        if cfg.address:
-            ray.init(address=cfg.address, **kw)
-        else:
-            ray.init(num_cpus=cfg.num_cpus or os.cpu_count() or 1, **kw)
-        started = True
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+    if cfg.address:
+        ray.init(address=cfg.address, **kw)
+    else:
+        ray.init(num_cpus=cfg.num_cpus or os.cpu_count() or 1, **kw)
+    return True
+
+
+def _run_ray(cfg, spec, todo, protocol, renders_root, gt_root, run_dir, meta, on_done) -> dict:
+    import ray
+
+    started = _init_ray(cfg)
     try:
-        device = _resolve_device(cfg.device) if not cfg.predictions else _resolve_device(cfg.device)
-        use_gpu = device.startswith("cuda")
+        # "auto": a GPU when the cluster has one (the actor resolves the device on its own node)
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        use_gpu = cfg.device.startswith("cuda") or (cfg.device in ("", "auto") and gpus >= 1)
+        if use_gpu and gpus < 1:
+            raise BenchError("--device cuda requested but the Ray cluster has no GPU")
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
         actor_cpus = 1
         actor_threads = max(1, total_cpus - 1) if not use_gpu else 1
@@ -868,14 +878,24 @@ def run_sweep(cfg: EvalConfig, views: tuple[int, ...] = (4, 8, 12, 16, 20),
     renders = cfg.renders or str(sweep_dir / "renders")
     gt = cfg.gt_cache or str(sweep_dir / "gt")
     evaluator = None
+    started_ray = False
+    preload_torch_stack()
     if cfg.local:
         evaluator = Evaluator(method_spec(cfg), cfg.lpips_net)
+    else:  # one Ray session for all N (each N still builds its own model actor)
+        started_ray = _init_ray(cfg)
     results = []
-    for n in views:
-        sub = EvalConfig(**{**asdict(cfg), "num_input_views": int(n), "input_views": None,
-                            "out": str(sweep_dir / f"n{n}"), "run": f"{sweep_name}-n{n}", "renders": renders,
-                            "gt_cache": gt})
-        results.append(run_eval(sub, evaluator=evaluator, log=log))
+    try:
+        for n in views:
+            sub = EvalConfig(**{**asdict(cfg), "num_input_views": int(n), "input_views": None,
+                                "out": str(sweep_dir / f"n{n}"), "run": f"{sweep_name}-n{n}",
+                                "renders": renders, "gt_cache": gt})
+            results.append(run_eval(sub, evaluator=evaluator, log=log))
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
     summary = pd.concat([r.summary for r in results], ignore_index=True)
     paper, note = reports.paper_rows(cfg.dataset_name())
     paper = paper[paper["num_input_views"].isin(list(views))]

@@ -101,3 +101,15 @@ def test_plot_sweep_writes_pngs(tmp_path):
     assert {p.name for p in paths} == {"psnr_vs_views.png", "ssim_vs_views.png", "time_memory_vs_views.png"}
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_not_paper_model_flag():
+    df = _per_object()
+    cases = {("official", "paper"): False, ("official", "small"): True, ("random", "paper"): True,
+             ("random", "tiny"): True, ("pretrained", "paper"): True, ("external", None): False}
+    for (kind, preset), flagged in cases.items():
+        s = reports.summarize(df, "m", "gso", 6, checkpoint_kind=kind, preset=preset)
+        assert bool(s["not_paper_model"].iloc[0]) is flagged, (kind, preset)
+        md = reports.summary_markdown(s, ["protocol line"], {"run": "r"})
+        assert md.startswith("> **NOT THE PAPER'S MODEL**") is flagged, (kind, preset)
+        assert bool(s["paper_model"].iloc[0]) is (kind == "official" and preset == "paper")
