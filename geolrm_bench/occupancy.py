@@ -179,6 +179,8 @@ def voxelize_depth(
     A = R * (c2w[:, :3, :3] @ Kinv)  # [V, 3, 3]
     b = R * (c2w[:, :3, 3] + 0.5)  # [V, 3]
     grid = np.zeros(R**3, dtype=bool)
+    u_all = np.arange(W, dtype=np.float64) + 0.5  # pixel centres
+    v_all = np.arange(H, dtype=np.float64) + 0.5
     for i in range(V):  # loop over views only; pixels are vectorized
         di = depths[i].reshape(-1)
         with np.errstate(invalid="ignore"):
@@ -189,13 +191,12 @@ def voxelize_depth(
         if not np.isfinite(d).all():  # +inf depth: drop
             keep = np.isfinite(d)
             flat, d = flat[keep], d[keep]
-        u = (flat % W).astype(np.float64) + 0.5
-        v = (flat // W).astype(np.float64) + 0.5
+        rows, cols = np.divmod(flat, W)
         lin = None
         for a in range(3):
-            c = A[i, a, 0] * u
-            c += A[i, a, 1] * v
-            c += A[i, a, 2]
+            # per-column and per-row terms of the affine map, looked up per pixel
+            c = (A[i, a, 0] * u_all + A[i, a, 2]).take(cols)
+            c += (A[i, a, 1] * v_all).take(rows)
             c *= d
             c += b[i, a]
             np.rint(c, out=c)
