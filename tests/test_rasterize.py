@@ -60,12 +60,13 @@ def _analytic_alpha(o: float, d2: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])
-def test_isotropic_gaussian_head_on_matches_analytic_image(backend):
+@pytest.mark.parametrize("method", ["tiles", "pairs"])
+def test_isotropic_gaussian_head_on_matches_analytic_image(backend, method):
     H = W = 41  # odd: the principal point W/2 = 20.5 is the centre of pixel 20
     f, z, s, o = 60.0, 2.0, 0.05, 0.8
     color = (0.9, 0.1, 0.3)
     out = render_gaussians(_one((0, 0, 0), s, o, color), _cam_on_z(z), _K(f, H, W), H, W,
-                           background=BG, backend=backend)
+                           background=BG, backend=backend, method=method)
     s2 = (f * s / z) ** 2 + 0.3  # pixel variance: projected + low-pass dilation
     v, u = np.mgrid[0:H, 0:W] + 0.5
     a_ref = _analytic_alpha(o, ((u - W / 2) ** 2 + (v - H / 2) ** 2) / s2)
@@ -180,18 +181,21 @@ def test_tiled_equals_reference_values(seed, n, size, opacity):
     K[:, 1, 1] = 1.3889 * W / H  # square pixels, focal from the width
     ref = render_gaussians(g, c2w, K, H, W, background=BG, backend="reference")
     # small tiles, small blocks and chunks: many blocks, carried transmittance, compaction of tiles
-    for tile, budget in [(16, 1 << 22), (8, 3000)]:
-        out = render_gaussians(g, c2w, K, H, W, background=BG, backend="torch", tile=tile, budget=budget)
-        for k in ref:
-            torch.testing.assert_close(out[k], ref[k], rtol=0, atol=1e-12)
+    for method, tile, budget in [("tiles", 16, 1 << 22), ("tiles", 8, 3000), ("pairs", 16, 0)]:
+        out = render_gaussians(g, c2w, K, H, W, background=BG, backend="torch", tile=tile, budget=budget,
+                               method=method)
+        for k in ref:  # pairs use log-space products: float64 rounding differs at ~1e-12
+            torch.testing.assert_close(out[k], ref[k], rtol=0, atol=1e-10)
     if opacity[0] >= 0.9:
         assert ref["alpha"].max() > 1 - 1e-3  # the stop rule is exercised
 
 
 def _loss_fn(backend, c2w, K, H, W, weights):
+    backend, _, method = backend.partition(":")
     def f(means, scales, quats, opacities, colors):
         g = Gaussians(means=means, opacities=opacities, scales=scales, quats=quats, colors=colors)
-        out = render_gaussians(g, c2w, K, H, W, background=BG, backend=backend, budget=2000)
+        out = render_gaussians(g, c2w, K, H, W, background=BG, backend=backend, budget=2000,
+                               method=method or "auto")
         return out["rgb"], out["alpha"], out["depth"] * weights
     return f
 
@@ -201,22 +205,23 @@ def test_gradients_tiled_equal_reference():
     g = _random(60, 3, opacity=(0.2, 0.9))
     c2w, K = _orbit()[:2], _K(1.3889 * W, H, W).expand(2, 3, 3)
     grads = {}
-    for backend in ("reference", "torch"):
+    for backend in ("reference", "torch:tiles", "torch:pairs"):
         params = [t.clone().requires_grad_(True) for t in (g.means, g.scales, g.quats, g.opacities, g.colors)]
         outs = _loss_fn(backend, c2w, K, H, W, 1.0)(*params)
         gen = torch.Generator().manual_seed(7)
         loss = sum((o * torch.rand(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
         grads[backend] = torch.autograd.grad(loss, params)
-    for a, b in zip(grads["reference"], grads["torch"]):
-        assert a.abs().max() > 0
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+    for method in ("torch:tiles", "torch:pairs"):
+        for a, b in zip(grads["reference"], grads[method]):
+            assert a.abs().max() > 0
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
 
 
 def _f64(x) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch:tiles", "torch:pairs"])
 def test_gradcheck_float64(backend):
     H, W = 9, 11
     g = Gaussians(
