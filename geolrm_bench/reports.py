@@ -153,7 +153,13 @@ def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], confi
         lines.append("")
     title = config.get("run", "evaluation")
     lines += [f"# {title}", ""]
-    lines.append(f"Device: {config.get('device', '?')}. Created {config.get('created', '')}.")
+    dev = config.get("device_name") or config.get("device") or "?"
+    if config.get("device") and config.get("device_name"):
+        dev = f"{config['device_name']} ({config['device']})"
+    mem = {"cuda-max-allocated": "CUDA max allocated", "rss-sampled": "process peak RSS (sampled)",
+           "rss-ru_maxrss": "process peak RSS"}.get(config.get("memory_method") or "", "")
+    lines.append(f"Device: {dev}. Created {config.get('created', '')}."
+                 + (f" memory_gb = {mem} during the reconstruction." if mem else ""))
     lines.append("")
     cols = ["method", "dataset", "N", "objects"] + [m for m in METRICS]
     lines.append("| " + " | ".join(cols) + " |")

@@ -848,7 +848,8 @@ def write_run_report(cfg: EvalConfig, protocol: Protocol, run_dir: Path, names: 
     nfail = int((per_object["status"] != "ok").sum()) if len(per_object) else 0
     if nfail:
         warnings.append(f"{nfail} objects failed (see per_object.csv status/error)")
-    config = reports.provenance(
+    methods = [m for m in per_object.get("memory_method", []) if isinstance(m, str) and m]
+    config = reports.provenance(memory_method=methods[0] if methods else "",
         run=cfg.run_name(), method=cfg.method_name(), dataset=cfg.dataset_name(), root=root,
         checkpoint=cfg.checkpoint, preset=info.get("preset") or cfg.preset, predictions=cfg.predictions,
         checkpoint_kind=info.get("checkpoint_kind"), checkpoint_sha256=info.get("checkpoint_sha256"),
