@@ -127,23 +127,36 @@ class DeformableAttention(nn.Module):
 
     def forward(
         self,
-        query: Tensor,  # [BV, S, dim]
-        value: Tensor,  # [BV, L, value_dim]
+        query: Tensor,  # [B, S, dim] (the same query for every view)
+        value: Tensor,  # [B*V, L, value_dim]
         spatial_shapes: list[tuple[int, int]],
-        ref_uv: Tensor,  # [BV, S, 2] normalised (x, y) image coordinates
+        ref_uv: Tensor,  # [B*V, S, 2] normalised (x, y) image coordinates
         reference: bool = False,
-    ) -> Tensor:  # [BV, S, dim]
-        bv, s, _ = query.shape
+    ) -> Tensor:  # [B*V, S, dim]
+        """Fast path: offsets and weights are computed once per token and shared by the views
+        (the query does not depend on the view). ``reference``: the query is repeated per view
+        first (as the official code does) and sampled with :func:`_deform_attn_reference`."""
+        b, s, d = query.shape
+        bv = value.shape[0]
+        views = bv // b
         h, lv, p = self.heads, self.levels, max(self.points, 1)
+        if reference:
+            query, rep = query[:, None].expand(b, views, s, d).reshape(bv, s, d), 1
+        else:
+            rep = views
+
+        def per_view(x: Tensor) -> Tensor:  # [B or BV, S, ...] -> [BV, S, ...]
+            return x if rep == 1 else x[:, None].expand(b, rep, *x.shape[1:]).reshape(bv, *x.shape[1:])
+
         v = self.value_proj(value).reshape(bv, value.shape[1], h, self.dim // h)
         loc = ref_uv[:, :, None, None, None, :].expand(bv, s, h, lv, p, 2)
         if self.points > 0:
-            off = self.sampling_offsets(query).reshape(bv, s, h, lv, p, 2)
+            off = self.sampling_offsets(query).reshape(-1, s, h, lv, p, 2)
             norm = torch.tensor([[w, hh] for hh, w in spatial_shapes], dtype=query.dtype, device=query.device)
-            loc = loc + off / norm[None, None, None, :, None, :]
-        w = self.attention_weights(query).reshape(bv, s, h, lv * p).softmax(-1).reshape(bv, s, h, lv, p)
+            loc = loc + per_view(off / norm[None, None, None, :, None, :])
+        w = self.attention_weights(query).reshape(-1, s, h, lv * p).softmax(-1).reshape(-1, s, h, lv, p)
         fn = _deform_attn_reference if reference else deform_attn
-        return fn(v, spatial_shapes, loc, w)
+        return fn(v, spatial_shapes, loc, per_view(w))
 
 
 class DeformCrossAttention(nn.Module):
@@ -173,8 +186,7 @@ class DeformCrossAttention(nn.Module):
     ) -> Tensor:  # [B, S, dim]
         b, s, d = query.shape
         views = value.shape[0] // b
-        q = query[:, None].expand(b, views, s, d).reshape(b * views, s, d)
-        out = self.deformable_attention(q, value, spatial_shapes, ref_uv, reference=reference)  # [BV, S, dim]
-        out = out.reshape(b, views, s, d)
+        out = self.deformable_attention(query, value, spatial_shapes, ref_uv, reference=reference)
+        out = out.reshape(b, views, s, d)  # per-view outputs
         w = self.cross_view_weight(out).softmax(dim=1)  # [B, V, S, 1]
         return self.output_proj((out * w).sum(1))

@@ -93,6 +93,18 @@ def test_ablation_switches_build_and_run(change, absent):
     assert torch.isfinite(g.means).all() and g.means.shape[1] == 32 * model.cfg.gs_per_token
 
 
+def test_full_model_fast_path_equals_plain_reference(tiny):
+    """Whole networks with the plain deformable-attention reference (query repeated per view,
+    one grid_sample per view/head/level/point) give the fast path's outputs."""
+    images, c2w, K = _views(v=2)
+    xyz = torch.rand(1, 12, 3, generator=torch.Generator().manual_seed(2)) - 0.5
+    with torch.no_grad():
+        fast = tiny.reconstruct(images, c2w, K, anchors=xyz)
+        ref = tiny.reconstruct(images, c2w, K, anchors=xyz, reference=True)
+    torch.testing.assert_close(fast.means, ref.means, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast.colors, ref.colors, rtol=0, atol=1e-5)
+
+
 def test_proposal_logit_grid_permutation(tiny):
     """Token t = T^2 i + T j + k, Linear channel c = f^2 a + f b + c'
     -> voxel (f i + a, f j + b, f k + c')."""
