@@ -641,12 +641,25 @@ def record_path(run_dir: Path, name: str) -> Path:
     return run_dir / "objects" / f"{_safe(name)}.json"
 
 
-def finished(path: Path) -> bool:
-    """True when the object's record exists, parses and says ok (failed ones are retried)."""
+def finished(path: Path, key: str | None = None) -> bool:
+    """True when the object's record exists, parses, says ok and (when ``key`` is given) was
+    made under the same protocol and method (``run_key``); failed or stale ones are redone."""
     try:
-        return path.exists() and json.loads(path.read_text()).get("status") == "ok"
+        rec = json.loads(path.read_text()) if path.exists() else None
     except (OSError, json.JSONDecodeError):
         return False
+    return bool(rec) and rec.get("status") == "ok" and (key is None or rec.get("run_key") == key)
+
+
+def run_key(cfg: EvalConfig, protocol: Protocol) -> str:
+    """A short hash of everything that changes an object's numbers (protocol + method)."""
+    import hashlib
+
+    spec = {k: v for k, v in method_spec(cfg).items() if k != "device"}
+    proto = {k: v for k, v in protocol.to_dict().items() if k != "limit"}  # a larger subset reuses
+    blob = json.dumps({"protocol": proto, "method": spec, "lpips": cfg.lpips_net},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def method_spec(cfg: EvalConfig) -> dict:
@@ -678,10 +691,11 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None,
     gt_root = Path(cfg.gt_cache) if cfg.gt_cache else run_dir / "gt"
     for d in (run_dir / "objects", gt_root):
         d.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in sources if not finished(record_path(run_dir, s.name))]
+    key = run_key(cfg, protocol)
+    todo = [s for s in sources if not finished(record_path(run_dir, s.name), key)]
     log(f"eval {cfg.run_name()}: {len(sources)} objects ({len(sources) - len(todo)} already done), "
         f"input views {protocol.input_views}, test views {protocol.test_views} -> {run_dir}")
-    meta = {"method": cfg.method_name(), "dataset": cfg.dataset_name()}
+    meta = {"method": cfg.method_name(), "dataset": cfg.dataset_name(), "run_key": key}
     spec = method_spec(cfg)
     info: dict = {}
     bar = tqdm(total=len(todo), desc="eval", unit="obj", disable=cfg.quiet or not todo)

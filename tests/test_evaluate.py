@@ -240,3 +240,22 @@ def test_sweep_views_two_n(renders, tmp_path):
     for p in ("psnr_vs_views.png", "ssim_vs_views.png", "time_memory_vs_views.png", "summary.md"):
         assert (out / p).exists()
     assert not (out / "renders").exists()  # the dataset was already renders: reused, not copied
+
+
+def test_stale_records_are_redone(tmp_path):
+    from pipelines.evaluate import EvalConfig, finished, run_key
+
+    a = EvalConfig(preset="tiny", resolution=64)
+    k = run_key(a, a.protocol())
+    assert k == run_key(EvalConfig(preset="tiny", resolution=64, limit=5), a.protocol())  # limit: same
+    b = EvalConfig(preset="tiny", resolution=128)
+    assert run_key(b, b.protocol()) != k
+    c = EvalConfig(preset="tiny", resolution=64, test_views=[27, 30])
+    assert run_key(c, c.protocol()) != k
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({"status": "ok", "run_key": k}))
+    assert finished(p, k) and not finished(p, "other")
+    p.write_text(json.dumps({"status": "failed", "run_key": k}))
+    assert not finished(p, k)
+    p.write_text("{broken")
+    assert not finished(p, k)
