@@ -133,6 +133,43 @@ def test_pipeline_on_ray_resume_and_failures(tmp_path, ray_cluster):
     _check_report_against_pts(res3)
 
 
+class _CrashOnceRef:
+    """An ObjectRef stand-in whose first load() kills its worker process (a system failure)."""
+
+    def __init__(self, mesh_path: Path, marker: Path):
+        self.name, self.path, self.marker = mesh_path.stem, mesh_path, marker
+
+    def load(self):
+        if not self.marker.exists():
+            self.marker.touch()
+            os._exit(1)  # the worker dies mid-task, as in an OOM kill
+        from geolrm_bench.datasets import load_mesh_file
+
+        return load_mesh_file(self.path)
+
+
+@needs_renderer
+def test_crashed_worker_is_retried_then_recorded(tmp_path, ray_cluster, monkeypatch):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    root = _make_meshes(tmp_path / "ds")
+    marker = tmp_path / "crashed-once"
+    items = [pipe.WorkItem("sphere0", ref=_CrashOnceRef(root / "sphere0.ply", marker))]
+    monkeypatch.setattr(pipe, "plan_items", lambda cfg: items)
+    cfg = pipe.OccupancyGTConfig(dataset="meshes", root=root, out=tmp_path / "out", render_resolution=32,
+                                 report_dir=tmp_path / "rep", progress=False, max_retries=1)
+    res = pipe.run_occupancy_gt(cfg)
+    assert marker.exists() and res.counts == {"done": 1, "failed": 0, "skipped": 0}
+
+    # without retries the crash becomes a failed record, and the run goes on
+    marker.unlink()
+    cfg.out, cfg.max_retries = tmp_path / "out2", 0
+    res = pipe.run_occupancy_gt(cfg)
+    assert res.counts == {"done": 0, "failed": 1, "skipped": 0}
+    assert "\n" not in res.records[0]["error"] and res.records[0]["error"]
+
+
 def _write_rendered_sphere(obj: Path, H: int = 96) -> None:
     """A GObjaverse-format object folder with analytic (ray-cast) depth of a radius-0.4 sphere."""
     from geolrm_bench import cameras, gobjaverse
