@@ -167,9 +167,13 @@ def voxelize_depth(
     depth map's pixels), and lands in voxel ``round((p_w + 0.5) * resolution)`` clamped to
     ``[0, resolution - 1]``. Unique voxels are marked in a flat ``resolution^3`` bool grid
     (O(N), no sort) and returned in C order. The camera and the voxel scaling are folded
-    into one affine map per view, so each pixel costs a few multiply-adds; float64 throughout.
-    Accepts numpy arrays or torch tensors. :func:`_voxelize_depth_reference` is the plain
-    version (same result).
+    into one affine map per view, ``d * (A @ [u, v, 1]) + b``, whose column and row terms
+    are tabulated once per view, so each pixel costs two lookups and a few multiply-adds;
+    float64 throughout. Accepts numpy arrays or torch tensors.
+
+    :func:`_voxelize_depth_reference` is the plain version; the outputs are identical
+    except, in principle, for a point within ~1e-12 voxel of a rounding boundary, where the
+    two float64 evaluation orders could round differently (the tests check equality).
     """
     R = _check_resolution(resolution)
     depths, c2w, K = _check_cameras(depths, c2w_opencv, intrinsics)
