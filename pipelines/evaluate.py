@@ -215,7 +215,7 @@ def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol:
             asset = _asset_from_render_metadata(Path(src.render_dir), rec["warnings"])
         else:
             object_dir = Path(renders_root) / src.name  # render_object writes <root>/<asset.name>
-            if not (object_dir / "metadata.json").exists():
+            if _cached_resolution(object_dir) != protocol.resolution:  # absent, or another resolution
                 from geolrm_bench import rendering
 
                 asset = src.ref.load()
@@ -249,6 +249,14 @@ def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol:
     except Exception as e:  # a bad object is a record, not a crash
         rec.update(status="failed", error=_one_line(e))
     return rec
+
+
+def _cached_resolution(object_dir: Path) -> int | None:
+    """Resolution recorded in a cached render's metadata.json (None: no complete render)."""
+    try:
+        return int(read_json(object_dir / "metadata.json").get("resolution"))
+    except (BenchError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _asset_from_render_metadata(object_dir: Path, warnings: list[str]):
