@@ -20,7 +20,8 @@ Protocol (GeoLRM paper section 4; the paper publishes no view indices, so these 
   when fewer), drawn with ``numpy.random.default_rng(seed)`` from the name-sorted list and
   returned name-sorted.
 - Image metrics at the test views at 512 px on a white background; geometry metrics against
-  16,000 points sampled (fixed seed) on the ground-truth mesh in its own frame; time and
+  16,000 points sampled (fixed seed) on the ground-truth mesh in its own frame (in metres:
+  axes and origin of the dataset's file, units converted with ``ObjectAsset.unit_m``); time and
   peak memory of the reconstruction alone (image encoding to Gaussians).
 """
 
@@ -115,7 +116,8 @@ class Protocol:
     seed: int = 0  # subset seed (also the model's token-subsampling seed)
     num_gt_points: int = DEFAULT_NUM_GT_POINTS  # points sampled on the ground-truth surface
     gt_seed: int = 0  # seed of that sampling
-    fscore_tau: float = DEFAULT_FSCORE_TAU  # F-score threshold, ground-truth frame units
+    fscore_tau: float = DEFAULT_FSCORE_TAU  # F-score threshold: metres (GT frame); also used as is in the
+    # normalised frame for fscore_norm
 
     def __post_init__(self) -> None:
         if not self.input_views:
@@ -150,8 +152,9 @@ class Protocol:
             "the same for every N).",
             "Image metrics (PSNR, SSIM, LPIPS-VGG) at the test views; geometry metrics (Chamfer, "
             f"F-score@{self.fscore_tau:g}) against {self.num_gt_points} points sampled (seed "
-            f"{self.gt_seed}) on the ground-truth mesh in its own frame (prediction mapped back with "
-            "the object's normalising transform).",
+            f"{self.gt_seed}) on the ground-truth mesh in its own frame, in metres (prediction mapped "
+            "back with the object's normalising transform); chamfer_norm / fscore_norm: the same in "
+            "the normalised object frame (longest side 1).",
             "Time and peak memory of the reconstruction alone (image encoding to Gaussians), on the "
             "named device.",
         ]

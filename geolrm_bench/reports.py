@@ -5,7 +5,8 @@ Tables (one run folder ``reports/<run>/``):
 
 - ``per_view.csv``: one row per object and test view: ``object, view, psnr, ssim, lpips``.
 - ``per_object.csv``: one row per object: ``object, status, error``, the image metrics
-  averaged over the test views, ``chamfer, fscore`` (ground-truth frame units),
+  averaged over the test views, ``chamfer, fscore`` (ground-truth frame, metres;
+  ``chamfer_norm, fscore_norm``: normalised frame),
   ``inference_s`` (seconds of the reconstruction alone), ``memory_gb`` (its peak memory,
   GiB = 2**30 bytes) and stage timings.
 - ``summary.csv``: one row per (method, dataset, N) with the columns of the paper's tables
@@ -182,7 +183,7 @@ def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], confi
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Mean ± t-based 95% confidence half-width over objects. chamfer: mean of both directions' "
-                 "mean nearest-neighbour distance (ground-truth frame units); inference_s and memory_gb: "
+                 "mean nearest-neighbour distance (ground-truth frame, metres); inference_s and memory_gb: "
                  "the reconstruction alone (GiB).")
     for _, r in summary.iterrows():
         if all(m in r for m in EXTRA_METRICS) and np.isfinite(r["chamfer_norm"]):

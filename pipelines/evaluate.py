@@ -10,8 +10,11 @@ failed ones. Failures become records with ``status`` / ``error``, never a crash 
 Frames and cameras: the model and the predictions live in the normalised object frame (Z-up,
 inside [-0.5, 0.5]^3); views come from ``geolrm_bench.gobjaverse.load_views`` (OpenCV c2w in
 the files, OpenGL c2w for the model and rasterizer, normalised intrinsics). Geometry is
-scored in the ground-truth mesh's own frame: prediction points are mapped back with
-``ObjectAsset.to_gt_frame``. Method-agnostic mode (``--predictions DIR``) reads, per object,
+scored in the ground-truth mesh's own frame, in metres (``ObjectAsset.unit_m``: HOPE files
+are in cm, OmniObject3D in mm): prediction points are mapped back with the inverse of
+``ObjectAsset.to_normalized``. The same metrics in the normalised frame (longest side 1) are
+the extra columns ``chamfer_norm`` / ``fscore_norm``.
+Method-agnostic mode (``--predictions DIR``) reads, per object,
 ``DIR/<object>/`` holding a 3DGS ``.ply`` (rendered with our rasterizer), a mesh
 (``.obj/.glb/.gltf/.ply/.off/.stl``, rendered with our pyrender renderer) or the test views as
 ``<NNNNN>.png``; all in the normalised frame; an optional ``cost.json`` with ``inference_s`` /
@@ -238,7 +241,8 @@ def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol:
                 t0 = time.perf_counter()
                 pts = np.asarray(sample_surface_points(asset.gt_mesh(), n=protocol.num_gt_points,
                                                        seed=protocol.gt_seed), dtype=np.float64)
-                _save_npz_atomic(gt_path, points=pts, to_normalized=np.asarray(asset.to_normalized))
+                _save_npz_atomic(gt_path, points=pts, to_normalized=np.asarray(asset.to_normalized),
+                                 unit_m=np.float64(getattr(asset, "unit_m", 1.0) or 1.0))
                 rec["gt_s"] = time.perf_counter() - t0
                 rec["gt_points"] = str(gt_path)
                 rec["to_normalized"] = np.asarray(asset.to_normalized).tolist()
@@ -593,9 +597,12 @@ def score_object(prep: dict, pred: dict, protocol: Protocol, record_path: str, m
             with np.load(prep["gt_points"]) as z:
                 gt_pts = z["points"]
                 to_norm = z["to_normalized"]
+                unit_m = float(z["unit_m"]) if "unit_m" in z.files else 1.0
             pred_norm = np.asarray(pred["points"], np.float64)
-            gm = geometry_metrics(to_gt_frame(pred_norm, to_norm), gt_pts, taus=(protocol.fscore_tau,),
-                                  frame="gt")
+            # GT frame axes and origin, in metres (HOPE files are in cm, OmniObject3D in mm)
+            gm = geometry_metrics(to_gt_frame(pred_norm, to_norm) * unit_m, gt_pts * unit_m,
+                                  taus=(protocol.fscore_tau,), frame="gt")
+            rec["gt_unit_m"] = unit_m
             rec["chamfer"] = float(gm["chamfer"])
             rec["fscore"] = float(_fscore_value(gm, protocol.fscore_tau))
             # the same in the normalised object frame (longest side 1), comparable across datasets
