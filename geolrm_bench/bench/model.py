@@ -9,7 +9,8 @@
    pass per setting is not taken on the CPU (too slow); on CUDA one warm-up precedes the timing.
    ``GEOLRM_BENCH_QUICK=1`` runs only 4 views on the CPU (the full sweep takes many minutes on
    2 cores). The paper's numbers (A100, official code) are printed beside ours.
-2. CPU rasterizer: 64k Gaussians at 512 x 512 (forward, and forward + backward) and, for scale,
+2. CPU rasterizer: 64k Gaussians at 512 x 512 (forward, and forward + backward), 262k (GeoLRM's
+   output at the token cap) forward, and, for scale,
    the tile-free reference against the fast paths on a small case.
 """
 
@@ -112,6 +113,12 @@ def rasterizer_table() -> list[list]:
             with torch.no_grad():
                 render_gaussians(g, c2w, K, 512, 512, method=method)
         rows.append([f"torch {method}", "65,536", "512x512", "forward", f"{_time(fwd, 2):.2f}"])
+    big = _random_gaussians(TOKEN_CAP * 32, seed=2)  # as many as GeoLRM outputs at the 8192-token cap
+
+    def fwd_big():
+        with torch.no_grad():
+            render_gaussians(big, c2w, K, 512, 512)
+    rows.append(["torch auto", f"{TOKEN_CAP * 32:,}", "512x512", "forward", f"{_time(fwd_big):.2f}"])
     params = [t.clone().requires_grad_(True) for t in (g.means, g.opacities, g.scales, g.quats, g.colors)]
 
     def fwd_bwd():
