@@ -153,7 +153,11 @@ def load_official(
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise BenchError(f"cannot read checkpoint: {type(err).__name__}: {err}", path) from None
+        # torch's own message is a paragraph; keep its first sentence so the error stays one line
+        first = str(err).strip().split(". ")[0].splitlines()[0][:200]
+        raise BenchError(
+            f"cannot read checkpoint with torch.load(weights_only=True): {type(err).__name__}: {first}",
+            path) from None
     sd = _unwrap(obj, path)
     del obj
     model = load_into(build_empty(cfg), sd, source=str(path))
