@@ -37,15 +37,18 @@ Azimuth is measured in the XY plane from +X towards +Y; a camera with elevation
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import read_json, write_json_atomic
+
+if TYPE_CHECKING:  # torch is imported lazily: numpy-only users (occupancy workers) never load it
+    import torch
 
 #: Field of view of every GObjaverse view, degrees (both axes; images are square).
 GOBJAVERSE_FOV_DEG = 39.6
@@ -57,6 +60,12 @@ RING_DISTANCE = 1.9547
 NUM_VIEWS = 40
 
 _FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def _is_tensor(x: Any) -> bool:
+    """True for a torch tensor, without importing torch (a tensor implies torch is loaded)."""
+    torch_mod = sys.modules.get("torch")
+    return torch_mod is not None and isinstance(x, torch_mod.Tensor)
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,9 @@ def opencv_to_opengl(c2w):  # [..., 4, 4] -> [..., 4, 4]
     ``c2w @ diag(1, -1, -1, 1)``: flips the camera's y and z columns; the camera
     position is unchanged. Works on numpy arrays and torch tensors, any batch shape.
     """
-    if isinstance(c2w, torch.Tensor):
+    if _is_tensor(c2w):
+        import torch
+
         flip = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=c2w.dtype, device=c2w.device)
         return c2w * flip
     c2w = np.asarray(c2w)
@@ -233,7 +244,9 @@ def intrinsics_from_fov(x_fov: float | None = None, y_fov: float | None = None,
 def intrinsics_to_pixels(K_norm, height: int, width: int):  # [..., 3, 3] -> [..., 3, 3]
     """Normalised intrinsics -> pixel intrinsics (row 0 times W, row 1 times H). numpy or torch."""
     scale = [float(width), float(height), 1.0]
-    if isinstance(K_norm, torch.Tensor):
+    if _is_tensor(K_norm):
+        import torch
+
         return K_norm * torch.tensor(scale, dtype=K_norm.dtype, device=K_norm.device)[:, None]
     return np.asarray(K_norm, dtype=np.float64) * np.array(scale)[:, None]
 
@@ -241,7 +254,9 @@ def intrinsics_to_pixels(K_norm, height: int, width: int):  # [..., 3, 3] -> [..
 def intrinsics_to_normalized(K_pix, height: int, width: int):  # [..., 3, 3] -> [..., 3, 3]
     """Pixel intrinsics -> normalised (row 0 over W, row 1 over H). numpy or torch."""
     scale = [1.0 / width, 1.0 / height, 1.0]
-    if isinstance(K_pix, torch.Tensor):
+    if _is_tensor(K_pix):
+        import torch
+
         return K_pix * torch.tensor(scale, dtype=K_pix.dtype, device=K_pix.device)[:, None]
     return np.asarray(K_pix, dtype=np.float64) * np.array(scale)[:, None]
 
@@ -325,6 +340,8 @@ def read_camera_json(path: str | Path) -> CameraJSON:
 # ----------------------------------------------------------------------------- rays and projection
 
 def _as_tensor(x, dtype=None) -> torch.Tensor:
+    import torch
+
     if isinstance(x, torch.Tensor):
         return x if dtype is None else x.to(dtype)
     return torch.as_tensor(np.asarray(x), dtype=dtype or torch.float32)
@@ -349,6 +366,8 @@ def plucker_rays(c2w_opengl, K_norm, height: int, width: int,
         Pixel (row i, col j) uses its centre (j + 0.5, i + 0.5):
         ``d_cam = ((j + 0.5 - W/2) / f, -(i + 0.5 - H/2) / f, -1)``.
     """
+    import torch
+
     c2w = _as_tensor(c2w_opengl)
     K = _as_tensor(K_norm, c2w.dtype).to(c2w.device)
     focal = K[..., 0, 0] * width  # [...]
@@ -384,6 +403,8 @@ def project_points(points_world, c2w_opengl, K_norm, return_depth: bool = False)
         ``uv = (P X)_xy / (P X)_z, u = 1 - u`` with ``P = K inv(c2w)[:3, :4]``. Pixel
         ``(col, row)`` is ``(u * W, v * H)``, pixel centres at +0.5. numpy in -> numpy out.
     """
+    import torch
+
     is_np = not isinstance(points_world, torch.Tensor)
     p = _as_tensor(points_world, torch.float64 if is_np else None)
     c2w = _as_tensor(c2w_opengl, p.dtype).to(p.device)

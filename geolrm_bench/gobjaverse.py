@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from geolrm_bench.cameras import (
     NUM_VIEWS,
@@ -47,6 +47,9 @@ from geolrm_bench.cameras import (
 )
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import read_json, write_bytes_atomic
+
+if TYPE_CHECKING:  # torch is imported lazily (in load_views): writers and numpy readers never load it
+    import torch
 
 #: Depth nearer than ``camera distance - DEPTH_NEAR_MARGIN`` is invalid (official rule).
 DEPTH_NEAR_MARGIN = 0.867
@@ -81,8 +84,9 @@ def unity_to_blender_normals(rgb):  # [..., 3] -> [..., 3]
 
 
 def _stack3(a, b, c):
-    if isinstance(a, torch.Tensor):
-        return torch.stack([a, b, c], dim=-1)
+    torch_mod = sys.modules.get("torch")  # a tensor implies torch is loaded
+    if torch_mod is not None and isinstance(a, torch_mod.Tensor):
+        return torch_mod.stack([a, b, c], dim=-1)
     return np.stack([a, b, c], axis=-1)
 
 
@@ -268,6 +272,8 @@ class ViewBatch:
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:  # [V, C, H, W]
+    import torch.nn.functional as F
+
     if tuple(x.shape[-2:]) == size:
         return x
     if mode == "nearest":
@@ -307,6 +313,8 @@ def load_views(object_dir: str | Path, views: Sequence[int] | None = None,
     Conventions: Z-up world; c2w from the JSON (OpenCV) plus its OpenGL copy; normalised
     intrinsics from the JSON fovs. Unreadable/missing files raise BenchError naming the file.
     """
+    import torch
+
     object_dir = Path(object_dir)
     if not object_dir.is_dir():
         raise BenchError("object folder not found", object_dir)

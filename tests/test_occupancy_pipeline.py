@@ -273,3 +273,13 @@ def test_kill_half_way_and_rerun(tmp_path):
     for n in names:
         assert (out / "occupancy" / n / "pts.npy").read_bytes() == \
             (tmp_path / "ref/occupancy" / n / "pts.npy").read_bytes(), n
+
+
+def test_worker_modules_do_not_import_torch():
+    """Occupancy workers need only numpy: the pipeline, voxelizer and renderer must not load torch."""
+    script = ("import sys\nimport geolrm_bench.occupancy, geolrm_bench.rendering, geolrm_bench.gobjaverse\n"
+              "import pipelines.occupancy_gt\n"
+              "print(sorted(m for m in ('torch', 'torchvision', 'triton') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout.strip() == "[]"
