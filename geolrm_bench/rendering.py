@@ -82,7 +82,58 @@ def _import_pyrender(backend: str):
 
         prr.glRenderbufferStorageMultisample = _single_sample
         prr._geolrm_single_sample = True
+    _fix_program_cache()
     return pyrender
+
+
+def _context_key() -> Any:
+    """The current GL context as a hashable, comparable key: its address (an int).
+
+    PyOpenGL returns a *new* ctypes pointer object for the OSMesa / EGL context on every
+    call; those objects hash alike but compare unequal, so a dict keyed by them never hits.
+    """
+    import ctypes
+
+    import OpenGL.contextdata
+
+    ctx = OpenGL.contextdata.getContext()
+    try:
+        return ctypes.cast(ctx, ctypes.c_void_p).value or id(ctx)
+    except (TypeError, ctypes.ArgumentError):
+        return ctx
+
+
+def _fix_program_cache() -> None:
+    """Make pyrender's shader-program cache hit again (it is keyed by the context object).
+
+    Without this, pyrender 0.1.45 compiles (and never frees) a new GL program on every
+    ``render`` call under OSMesa: ~0.3-0.8 MB of llvmpipe JIT code leaked per call (tens of
+    MB per 40-view object, measured) plus the compile time. The wrapper keeps its own
+    cache keyed by the context *address* and the program's files and defines, in front
+    of pyrender's; ``clear()`` (renderer teardown) empties both.
+    """
+    import pyrender.shader_program as sp
+
+    cls = sp.ShaderProgramCache
+    if getattr(cls, "_geolrm_keyed_by_address", False):
+        return
+    orig_get, orig_clear = cls.get_program, cls.clear
+
+    def get_program(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None):
+        key = (_context_key(), vertex_shader, fragment_shader, geometry_shader,
+               tuple(sorted((defines or {}).items())))
+        cache = self.__dict__.setdefault("_geolrm_programs", {})
+        program = cache.get(key)
+        if program is None:
+            program = cache[key] = orig_get(self, vertex_shader, fragment_shader, geometry_shader, defines)
+        return program
+
+    def clear(self):
+        self.__dict__.pop("_geolrm_programs", None)
+        return orig_clear(self)
+
+    cls.get_program, cls.clear = get_program, clear
+    cls._geolrm_keyed_by_address = True
 
 
 def _preload_llvm_users() -> None:

@@ -319,3 +319,18 @@ def test_render_then_import_torchvision_does_not_crash():
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]
+
+
+def test_repeated_renders_reuse_shader_programs():
+    """pyrender keys its program cache by PyOpenGL's context object, which never compares equal
+    under OSMesa: every render compiled (and leaked) new programs. After the first object, more
+    renders must add no GL program (count read from pyrender's own cache)."""
+    box = trimesh.creation.box(extents=(0.5, 0.4, 0.3))
+    rendering.render_views(box, resolution=32, views=[0, 1])
+    r = rendering._get_renderer("osmesa", 32, 32)
+    cache = r._renderer._program_cache._program_cache
+    n = len(cache)
+    assert n >= 1
+    for _ in range(3):
+        rendering.render_views(box, resolution=32, views=[0, 5, 30])
+    assert len(cache) == n
