@@ -183,7 +183,8 @@ def process_item(item: WorkItem, out: str | Path, resolution: int, render_resolu
     """Render (if needed), voxelize and write one object; returns its record (never raises)."""
     out = Path(out)
     t0 = time.perf_counter()
-    rec: dict = {"object": item.name, "status": "failed", "resolution": int(resolution), "pid": os.getpid()}
+    rec: dict = {"object": item.name, "status": "failed", "resolution": int(resolution), "pid": os.getpid(),
+                 "worker_threads": os.environ.get("LP_NUM_THREADS")}  # llvmpipe threads (worker_env)
     try:
         rendered_now = False
         render_s = 0.0
@@ -259,6 +260,25 @@ def _render_into(item: WorkItem, views_dir: Path, render_resolution: int, backen
 
 # ----------------------------------------------------------------------------- execution
 
+#: Thread-pool sizes set in every worker: llvmpipe (OSMesa's rasterizer), OpenMP, MKL, OpenBLAS.
+THREAD_ENV_VARS = ("LP_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def worker_env(cfg: OccupancyGTConfig) -> dict[str, str]:
+    """Environment of each Ray worker: its thread pools sized to the task's CPUs.
+
+    Without this, llvmpipe starts one rasterizer thread per core of the machine (and the
+    BLAS/OpenMP pools likewise) in *every* worker, so N workers oversubscribe the cores
+    N-fold. The variables must be set before the GL / BLAS libraries load, which Ray's
+    ``runtime_env`` ``env_vars`` guarantees (they are in the worker process's environment
+    from its start). ``RAY_AUTH_MODE`` and ``PYOPENGL_PLATFORM`` are passed on too.
+    """
+    threads = str(max(1, round(cfg.cpus_per_task)))
+    env = {k: os.environ[k] for k in ("RAY_AUTH_MODE", "PYOPENGL_PLATFORM") if k in os.environ}
+    env.update({k: threads for k in THREAD_ENV_VARS})
+    return env
+
+
 def _init_ray(cfg: OccupancyGTConfig):
     """Start (or join) Ray quietly; returns (ray module, whether we must shut it down)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -269,9 +289,8 @@ def _init_ray(cfg: OccupancyGTConfig):
         raise BenchError(f"ray is not installed ({e}); use --local") from None
     if ray.is_initialized():
         return ray, False
-    env = {k: os.environ[k] for k in ("RAY_AUTH_MODE", "PYOPENGL_PLATFORM") if k in os.environ}
     kw: dict = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-                    configure_logging=True, runtime_env={"env_vars": env})
+                    configure_logging=True, runtime_env={"env_vars": worker_env(cfg)})
     if cfg.address:
         ray.init(address=cfg.address, **kw)
     else:
@@ -289,8 +308,11 @@ def _run_ray(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
     ray, own = _init_ray(cfg)
     restore = _sigterm_as_interrupt()  # after ray.init, which installs its own SIGTERM handler
     try:
+        # the same env_vars as the job's runtime_env (when we started Ray): workers are shared and
+        # reused across objects (each keeps its GL context); on a joined cluster they set the pools
         remote = ray.remote(process_item).options(num_cpus=cfg.cpus_per_task, max_retries=cfg.max_retries,
-                                                  retry_exceptions=False)
+                                                  retry_exceptions=False,
+                                                  runtime_env={"env_vars": worker_env(cfg)})
         window = max(2, 2 * int(ray.available_resources().get("CPU", 1) / max(cfg.cpus_per_task, 1e-3)))
         pending: dict = {}
         queue = list(items)

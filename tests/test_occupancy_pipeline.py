@@ -98,6 +98,9 @@ def test_pipeline_on_ray_resume_and_failures(tmp_path, ray_cluster):
     assert "\n" not in by["bad"]["error"]
     assert by["sphere0"]["status"] == by["box"]["status"] == "done"
     assert by["sphere0"]["peak_rss_mb"] > 0
+    # each worker's thread pools sized to its CPUs (cpus_per_task = 1), set through Ray's runtime_env
+    assert by["sphere0"]["worker_threads"] == by["box"]["worker_threads"] == "1"
+    assert pipe.worker_env(cfg)["OMP_NUM_THREADS"] == pipe.worker_env(cfg)["LP_NUM_THREADS"] == "1"
     lines = _manifest_lines(res.manifest)
     assert sorted(x["object"] for x in lines) == ["bad", "box", "sphere0"]
 
