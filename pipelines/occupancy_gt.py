@@ -182,7 +182,7 @@ def process_item(item: WorkItem, out: str | Path, resolution: int, render_resolu
                  backend: str = "osmesa") -> dict:
     """Render (if needed), voxelize and write one object; returns its record (never raises)."""
     out = Path(out)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rec: dict = {"object": item.name, "status": "failed", "resolution": int(resolution), "pid": os.getpid(),
                  "worker_threads": os.environ.get("LP_NUM_THREADS")}  # llvmpipe threads (worker_env)
     try:
@@ -226,6 +226,7 @@ def process_item(item: WorkItem, out: str | Path, resolution: int, render_resolu
             msg = f"{type(e).__name__}: {msg}"
         rec["error"] = msg
     rec["seconds"] = round(time.perf_counter() - t0, 4)
+    rec["cpu_seconds"] = round(time.process_time() - c0, 4)  # all threads of the worker process
     rec["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
     rec["finished"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if rec["status"] == "done":
