@@ -168,8 +168,9 @@ def voxelize_depth(
     ``[0, resolution - 1]``. Unique voxels are marked in a flat ``resolution^3`` bool grid
     (O(N), no sort) and returned in C order. The camera and the voxel scaling are folded
     into one affine map per view, ``d * (A @ [u, v, 1]) + b``, whose column and row terms
-    are tabulated once per view, so each pixel costs two lookups and a few multiply-adds;
-    float64 throughout. Accepts numpy arrays or torch tensors.
+    are computed once per view and broadcast over the bounding box of its valid pixels, so
+    each pixel costs an add, a mask gather and a few multiply-adds; float64 throughout.
+    Accepts numpy arrays or torch tensors.
 
     :func:`_voxelize_depth_reference` is the plain version; the outputs are identical
     except, in principle, for a point within ~1e-12 voxel of a rounding boundary, where the
@@ -186,21 +187,21 @@ def voxelize_depth(
     u_all = np.arange(W, dtype=np.float64) + 0.5  # pixel centres
     v_all = np.arange(H, dtype=np.float64) + 0.5
     for i in range(V):  # loop over views only; pixels are vectorized
-        di = depths[i].reshape(-1)
+        di = depths[i]
         with np.errstate(invalid="ignore"):
-            flat = np.flatnonzero(di > 0)  # NaN compares False
-        if flat.size == 0:
+            valid = (di > 0) & (di < np.inf)  # NaN and +inf compare False: dropped
+        rows = np.flatnonzero(valid.any(axis=1))
+        if rows.size == 0:
             continue
-        d = di[flat].astype(np.float64)
-        if not np.isfinite(d).all():  # +inf depth: drop
-            keep = np.isfinite(d)
-            flat, d = flat[keep], d[keep]
-        rows, cols = np.divmod(flat, W)
+        r0, r1 = rows[0], rows[-1] + 1  # bounding box of the valid pixels
+        cols = np.flatnonzero(valid[r0:r1].any(axis=0))
+        c0, c1 = cols[0], cols[-1] + 1
+        m = valid[r0:r1, c0:c1]
+        d = di[r0:r1, c0:c1][m].astype(np.float64)
         lin = None
         for a in range(3):
-            # per-column and per-row terms of the affine map, looked up per pixel
-            c = (A[i, a, 0] * u_all + A[i, a, 2]).take(cols)
-            c += (A[i, a, 1] * v_all).take(rows)
+            # per-column plus per-row term of the affine map, broadcast over the box, then masked
+            c = ((A[i, a, 0] * u_all[c0:c1] + A[i, a, 2])[None, :] + (A[i, a, 1] * v_all[r0:r1])[:, None])[m]
             c *= d
             c += b[i, a]
             np.rint(c, out=c)
