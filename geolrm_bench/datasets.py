@@ -83,6 +83,26 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- assets
+def points_to_gt_frame(points: np.ndarray, to_normalized: np.ndarray) -> np.ndarray:
+    """Map normalised-frame points ``[..., 3]`` back to the GT frame (source-file coordinates
+    and units) with the inverse of ``to_normalized`` ([4, 4], column vectors); float64."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.shape[-1] != 3:
+        raise ValueError(f"points must have shape [..., 3], got {pts.shape}")
+    inv = np.linalg.inv(np.asarray(to_normalized, dtype=np.float64))
+    return pts @ inv[:3, :3].T + inv[:3, 3]
+
+
+def points_to_normalized_frame(points: np.ndarray, to_normalized: np.ndarray) -> np.ndarray:
+    """Map GT-frame points ``[..., 3]`` into the normalised object frame with ``to_normalized``
+    ([4, 4], column vectors); float64."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.shape[-1] != 3:
+        raise ValueError(f"points must have shape [..., 3], got {pts.shape}")
+    m = np.asarray(to_normalized, dtype=np.float64)
+    return pts @ m[:3, :3].T + m[:3, 3]
+
+
 @dataclass
 class ObjectAsset:
     """One object, loaded and normalised.
@@ -108,18 +128,11 @@ class ObjectAsset:
 
     def to_gt_frame(self, points: np.ndarray) -> np.ndarray:
         """Map normalised-frame points [..., 3] back to the GT frame (source-file coordinates)."""
-        pts = np.asarray(points, dtype=np.float64)
-        if pts.shape[-1] != 3:
-            raise ValueError(f"points must have shape [..., 3], got {pts.shape}")
-        inv = np.linalg.inv(self.to_normalized)
-        return pts @ inv[:3, :3].T + inv[:3, 3]
+        return points_to_gt_frame(points, self.to_normalized)
 
     def to_normalized_frame(self, points: np.ndarray) -> np.ndarray:
         """Map GT-frame points [..., 3] into the normalised frame."""
-        pts = np.asarray(points, dtype=np.float64)
-        if pts.shape[-1] != 3:
-            raise ValueError(f"points must have shape [..., 3], got {pts.shape}")
-        return pts @ self.to_normalized[:3, :3].T + self.to_normalized[:3, 3]
+        return points_to_normalized_frame(points, self.to_normalized)
 
     def gt_mesh(self) -> trimesh.Trimesh:
         """A copy of the mesh with its vertices in the GT frame (same faces and visuals)."""

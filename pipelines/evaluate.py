@@ -3,7 +3,11 @@
 Per object: render the GObjaverse 40 views if needed (CPU task) and sample the ground-truth
 points -> reconstruct + render the test views + LPIPS (ONE actor holding the model and the
 LPIPS network, GPU or CPU) -> PSNR / SSIM / Chamfer / F-score and the per-object result
-file (CPU task). Resumable: ``<run>/objects/<name>.json`` is written atomically when an
+file (CPU task). The method adapters (:class:`~geolrm_bench.methods.GeoLRMMethod`,
+:class:`~geolrm_bench.methods.PredictionsMethod`, the :class:`~geolrm_bench.methods.Prediction`
+bundle) and the scoring maths (:func:`~geolrm_bench.methods.image_scores`,
+:func:`~geolrm_bench.methods.geometry_scores`) live in :mod:`geolrm_bench.methods`; they are
+re-exported here for older callers. Resumable: ``<run>/objects/<name>.json`` is written atomically when an
 object is done (ok or failed); a rerun skips objects whose record says ok and retries the
 failed ones. Failures become records with ``status`` / ``error``, never a crash of the run.
 
@@ -28,7 +32,6 @@ point cache), ``objects/`` (per-object records), the report files of
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -44,10 +47,23 @@ import numpy as np
 
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import read_json, save_npy_atomic, sha256_file, write_json_atomic
+from geolrm_bench.methods import (  # noqa: F401  (re-exported: the method adapters live in the library)
+    GIB,
+    MESH_EXTS,
+    GeoLRMMethod,
+    Prediction,
+    PredictionsMethod,
+    _fscore_value,
+    _is_3dgs_ply,
+    _read_png_on_bg,
+    _resolve_device,
+    geometry_scores,
+    image_scores,
+    preload_torch_stack,
+)
+from geolrm_bench.methods import one_line_error as _one_line
+from geolrm_bench.methods import safe_name as _safe
 from geolrm_bench.protocol import DEFAULT_TEST_VIEWS, Protocol, input_view_ids, select_objects
-
-MESH_EXTS = (".obj", ".glb", ".gltf", ".ply", ".off", ".stl")
-GIB = float(1 << 30)
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,26 +196,9 @@ def _rendered_name(root: Path, d: Path) -> str:
     return name.replace(os.sep, "__")
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)
-
-
 # --------------------------------------------------------------------------------------------
 # stage 1 (CPU): render if needed + ground-truth points
 # --------------------------------------------------------------------------------------------
-def preload_torch_stack() -> None:
-    """Import torchvision (and with it torch._dynamo -> triton) BEFORE any OSMesa rendering.
-
-    Observed here: once pyrender's OSMesa context is created in a process (Mesa links its own
-    LLVM), a later first import of torchvision/triton segfaults (LLVM symbol clash). Importing
-    them first is harmless, so every stage that may render calls this first.
-    """
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # torchvision absent or broken: nothing to protect
-        pass
-
-
 def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol: Protocol) -> dict:
     """Render the object's 40 views into ``renders_root`` (unless present) and cache its
     ground-truth surface points (GT frame, ``[num_gt_points, 3]`` float64) under ``gt_root``.
@@ -296,210 +295,8 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# stage 2 (the one actor): methods that turn input views into test-view images + points
+# stage 2 (the one actor): a geolrm_bench.methods adapter + LPIPS
 # --------------------------------------------------------------------------------------------
-@dataclass
-class Prediction:
-    images: np.ndarray  # [T, 3, H, W] float32 in [0, 1] at the test views, white background
-    points: np.ndarray | None  # [M, 3] prediction points, normalised frame (None: no geometry)
-    inference_s: float = float("nan")  # reconstruction alone
-    memory_gb: float = float("nan")  # its peak memory (GiB)
-    num_gaussians: int = 0
-    device: str = ""
-    extra: dict = field(default_factory=dict)
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda requested but CUDA is not available")
-    return device
-
-
-class GeoLRMMethod:
-    """GeoLRM from an official checkpoint, one of our saved folders, or a preset (random weights)."""
-
-    def __init__(self, checkpoint: str | None, preset: str | None, device: str, max_tokens: int | None,
-                 input_size: int | None, seed: int = 0):
-        import torch
-
-        self.device = _resolve_device(device)
-        self.max_tokens = None if max_tokens is None else int(max_tokens)
-        self.seed = seed
-        self.checkpoint_sha256 = ""
-        if checkpoint:
-            path = Path(checkpoint)
-            if not path.exists():
-                raise BenchError("checkpoint not found", path)
-            if path.is_dir():
-                from model.geolrm import GeoLRM
-
-                self.model = GeoLRM.from_pretrained(path)
-                self.checkpoint_kind = "pretrained"
-                weights = sorted(path.glob("*.safetensors"))
-                self.checkpoint_sha256 = sha256_file(weights[0]) if weights else ""
-            else:
-                from model.checkpoint import load_official
-
-                self.model = load_official(path)
-                self.checkpoint_kind = "official"
-                self.checkpoint_sha256 = sha256_file(path)
-            self.preset = getattr(self.model.cfg, "name", "")
-        else:
-            from model.config import get_config
-            from model.geolrm import GeoLRM
-
-            self.preset = preset or "tiny"
-            torch.manual_seed(seed)
-            self.model = GeoLRM(get_config(self.preset))
-            self.checkpoint_kind = "random"
-        if input_size is not None:
-            self.model.cfg.input_size = int(input_size)
-        self.model = self.model.to(self.device).eval()
-
-    def predict(self, object_dir: str, protocol: Protocol) -> Prediction:
-        import torch
-
-        from geolrm_bench import gobjaverse
-        from geolrm_bench.metrics import measure_cost, prediction_points
-        from model.rasterize import render_gaussians
-
-        vin = gobjaverse.load_views(object_dir, views=protocol.input_views, background=protocol.background)
-        vt = gobjaverse.load_views(object_dir, views=protocol.test_views, background=protocol.background,
-                                   resolution=protocol.resolution)
-        dev = self.device
-        images = vin.images[None].to(dev)  # [1, V, 3, H, W]
-        c2w = vin.c2w_opengl[None].to(dev)  # [1, V, 4, 4]
-        K = vin.intrinsics[None].to(dev)  # [1, V, 3, 3]
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        with torch.no_grad():
-            with measure_cost(device=dev) as cost:
-                g = self._reconstruct(images, c2w, K, gen)
-            g0 = g[0] if g.means.dim() == 3 else g
-            H = W = protocol.resolution
-            out = render_gaussians(g0, vt.c2w_opengl.to(dev), vt.intrinsics.to(dev), H, W,
-                                   background=protocol.background)
-        rgb = out["rgb"].clamp(0, 1).float().cpu().numpy()
-        g_cpu = g0.to("cpu")
-        try:
-            pts = np.asarray(prediction_points(g_cpu, method="gaussians", n=protocol.num_gt_points,
-                                               seed=protocol.gt_seed), dtype=np.float64)
-        except ValueError as e:  # e.g. every Gaussian below the opacity threshold
-            pts = None
-            extra = {"warning": f"no prediction points: {_one_line(e)}"}
-        else:
-            extra = {}
-        extra["memory_method"] = cost.memory_method
-        return Prediction(images=rgb, points=pts, inference_s=float(cost.seconds),
-                          memory_gb=float(cost.peak_memory_bytes) / GIB, num_gaussians=len(g_cpu),
-                          device=str(cost.device_name), extra=extra)
-
-    def _reconstruct(self, images, c2w, K, gen):
-        return self.model.reconstruct(images, c2w, K, max_tokens=self.max_tokens, generator=gen)
-
-
-class PredictionsMethod:
-    """Another method's outputs under ``root/<object>/`` (3DGS .ply, a mesh, or test-view PNGs)."""
-
-    checkpoint_kind = "external"
-    preset = ""
-    checkpoint_sha256 = ""
-
-    def __init__(self, root: str, device: str = "auto"):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise BenchError("predictions folder not found", self.root)
-        self.device = _resolve_device(device)
-
-    def object_folder(self, name: str) -> Path:
-        for cand in (self.root / name, self.root / _safe(name), self.root / name.split("__")[-1]):
-            if cand.is_dir():
-                return cand
-        raise BenchError(f"no predictions for object {name!r}", self.root / name)
-
-    def predict(self, object_dir: str, protocol: Protocol, name: str) -> Prediction:
-        import torch
-
-        from geolrm_bench import gobjaverse
-
-        folder = self.object_folder(name)
-        H = W = protocol.resolution
-        cost = {}
-        if (folder / "cost.json").exists():
-            cost = read_json(folder / "cost.json")
-        kw = {"inference_s": float(cost.get("inference_s", math.nan)),
-              "memory_gb": float(cost.get("memory_gb", math.nan)), "device": str(cost.get("device", ""))}
-        pngs = {v: folder / f"{v:05d}.png" for v in protocol.test_views}
-        plys = sorted(p for p in folder.glob("*.ply") if _is_3dgs_ply(p))
-        meshes = sorted(p for p in folder.iterdir() if p.suffix.lower() in MESH_EXTS and p not in plys)
-        vt = gobjaverse.load_views(object_dir, views=protocol.test_views, background=protocol.background,
-                                   resolution=protocol.resolution)
-        if plys:
-            from geolrm_bench.metrics import prediction_points
-            from model.rasterize import render_gaussians
-
-            load_ply = importlib.import_module("model.ply").load_ply  # engineer 6's module
-
-            g = load_ply(plys[0]).to(self.device)
-            with torch.no_grad():
-                out = render_gaussians(g, vt.c2w_opengl.to(self.device), vt.intrinsics.to(self.device), H, W,
-                                       background=protocol.background)
-            pts = np.asarray(prediction_points(g.to("cpu"), method="gaussians", n=protocol.num_gt_points,
-                                               seed=protocol.gt_seed), dtype=np.float64)
-            return Prediction(images=out["rgb"].clamp(0, 1).float().cpu().numpy(), points=pts,
-                              num_gaussians=len(g), extra={"source": plys[0].name}, **kw)
-        if meshes:
-            import trimesh
-
-            from geolrm_bench import rendering
-            from geolrm_bench.metrics import prediction_points
-
-            mesh = trimesh.load(meshes[0], force="mesh")
-            layers = rendering.render_views(mesh, resolution=H, views=list(protocol.test_views))
-            rgba = layers["rgba"].astype(np.float32) / 255.0  # [T, H, W, 4]
-            bg = np.asarray(protocol.background, np.float32)
-            rgb = rgba[..., :3] * rgba[..., 3:] + bg * (1 - rgba[..., 3:])
-            pts = np.asarray(prediction_points(mesh, method="mesh", n=protocol.num_gt_points,
-                                               seed=protocol.gt_seed), dtype=np.float64)
-            return Prediction(images=rgb.transpose(0, 3, 1, 2).copy(), points=pts,
-                              extra={"source": meshes[0].name}, **kw)
-        if all(p.exists() for p in pngs.values()):
-            imgs = np.stack([_read_png_on_bg(p, protocol.background, H) for p in pngs.values()])
-            return Prediction(images=imgs, points=None, extra={"source": "png"}, **kw)
-        missing = [p.name for p in pngs.values() if not p.exists()]
-        raise BenchError(f"no 3DGS .ply, mesh, or test-view PNGs (missing {', '.join(missing)})", folder)
-
-
-def _is_3dgs_ply(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    end = head.find(b"end_header")
-    header = head[: end if end >= 0 else len(head)].decode("ascii", "replace")
-    return bool(re.search(r"property\s+\w+\s+opacity\b", header))
-
-
-def _read_png_on_bg(path: Path, background, size: int) -> np.ndarray:  # -> [3, H, W]
-    from PIL import Image
-
-    try:
-        im = Image.open(path)
-        im.load()
-    except Exception as e:
-        raise BenchError(f"unreadable PNG ({_one_line(e)})", path) from None
-    im = im.convert("RGBA")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.BOX)
-    a = np.asarray(im, dtype=np.float32) / 255.0
-    rgb = a[..., :3] * a[..., 3:] + np.asarray(background, np.float32) * (1 - a[..., 3:])
-    return rgb.transpose(2, 0, 1).copy()
-
-
 class Evaluator:
     """The actor body: one method (model) and one LPIPS network, built once."""
 
@@ -579,14 +376,7 @@ def score_object(prep: dict, pred: dict, protocol: Protocol, record_path: str, m
             raise BenchError(prep.get("error") or "preparation failed")
         if pred.get("status") != "ok":
             raise BenchError(pred.get("error") or "prediction failed")
-        import torch
-
-        from geolrm_bench.metrics import geometry_metrics, psnr, ssim
-
-        p = torch.from_numpy(np.ascontiguousarray(pred["images"])).float()
-        g = torch.from_numpy(np.ascontiguousarray(pred["gt_images"])).float()
-        ps = np.asarray(torch.as_tensor(psnr(p, g)).double().reshape(-1), dtype=np.float64)
-        ss = np.asarray(torch.as_tensor(ssim(p, g)).double().reshape(-1), dtype=np.float64)
+        ps, ss = image_scores(pred["images"], pred["gt_images"])
         lp = np.asarray(pred["lpips"], dtype=np.float64).reshape(-1)
         for i, v in enumerate(protocol.test_views):
             rec["views"].append({"view": int(v), "psnr": float(ps[i]), "ssim": float(ss[i]),
@@ -598,18 +388,8 @@ def score_object(prep: dict, pred: dict, protocol: Protocol, record_path: str, m
                 gt_pts = z["points"]
                 to_norm = z["to_normalized"]
                 unit_m = float(z["unit_m"]) if "unit_m" in z.files else 1.0
-            pred_norm = np.asarray(pred["points"], np.float64)
-            # GT frame axes and origin, in metres (HOPE files are in cm, OmniObject3D in mm)
-            gm = geometry_metrics(to_gt_frame(pred_norm, to_norm) * unit_m, gt_pts * unit_m,
-                                  taus=(protocol.fscore_tau,), frame="gt")
             rec["gt_unit_m"] = unit_m
-            rec["chamfer"] = float(gm["chamfer"])
-            rec["fscore"] = float(_fscore_value(gm, protocol.fscore_tau))
-            # the same in the normalised object frame (longest side 1), comparable across datasets
-            gt_norm = gt_pts @ np.asarray(to_norm)[:3, :3].T + np.asarray(to_norm)[:3, 3]
-            gn = geometry_metrics(pred_norm, gt_norm, taus=(protocol.fscore_tau,), frame="normalized")
-            rec["chamfer_norm"] = float(gn["chamfer"])
-            rec["fscore_norm"] = float(_fscore_value(gn, protocol.fscore_tau))
+            rec.update(geometry_scores(pred["points"], gt_pts, to_norm, unit_m, protocol.fscore_tau))
         elif pred.get("points") is None:
             rec["warnings"].append("method gave no geometry: chamfer/fscore not computed")
         rec["inference_s"] = float(pred["inference_s"])
@@ -629,24 +409,10 @@ def score_object(prep: dict, pred: dict, protocol: Protocol, record_path: str, m
 
 
 def to_gt_frame(points: np.ndarray, to_normalized: np.ndarray) -> np.ndarray:  # [M,3] -> [M,3]
-    """Map normalised-frame points into the dataset's GT frame (inverse of ``to_normalized``)."""
-    inv = np.linalg.inv(np.asarray(to_normalized, np.float64))
-    return points @ inv[:3, :3].T + inv[:3, 3]
+    """Kept for callers of the old name: :func:`geolrm_bench.datasets.points_to_gt_frame`."""
+    from geolrm_bench.datasets import points_to_gt_frame
 
-
-def _fscore_value(gm: dict, tau: float) -> float:
-    for key in (f"fscore@{tau:g}", f"fscore@{tau}", "fscore"):
-        if key in gm:
-            return gm[key]
-    keys = [k for k in gm if k.startswith("fscore")]
-    if keys:
-        return gm[keys[0]]
-    raise BenchError(f"geometry_metrics returned no fscore (keys {sorted(gm)})")
-
-
-def _one_line(e: BaseException) -> str:
-    msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
-    return " ".join(msg.split())[:500]
+    return points_to_gt_frame(points, to_normalized)
 
 
 # --------------------------------------------------------------------------------------------

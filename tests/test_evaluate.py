@@ -20,7 +20,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 trimesh = pytest.importorskip("trimesh")
 # torchvision (-> triton) must be imported before the first OSMesa render of this process:
-# the other order segfaults (LLVM clash); see pipelines.evaluate.preload_torch_stack
+# the other order segfaults (LLVM clash); see geolrm_bench.methods.preload_torch_stack
 pytest.importorskip("torchvision")
 pytest.importorskip("geolrm_bench.rendering")
 pytest.importorskip("geolrm_bench.datasets")

@@ -38,7 +38,8 @@ def main() -> None:
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     from tabulate import tabulate
 
-    from pipelines.evaluate import EvalConfig, Evaluator, method_spec, preload_torch_stack, run_eval
+    from geolrm_bench.methods import preload_torch_stack
+    from pipelines.evaluate import EvalConfig, Evaluator, method_spec, run_eval
 
     preload_torch_stack()
     quick = os.environ.get("GEOLRM_BENCH_QUICK") == "1"
