@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 #: Radius of the sphere fixture, world units.
@@ -22,9 +23,12 @@ def sphere_mesh() -> trimesh.Trimesh:
     return trimesh.creation.icosphere(subdivisions=5, radius=SPHERE_RADIUS)
 
 
-@pytest.fixture
-def box_mesh() -> trimesh.Trimesh:
-    """Axis-aligned box with ``BOX_EXTENTS`` centred at the origin, one solid colour per face pair."""
+def make_box_mesh() -> trimesh.Trimesh:
+    """Axis-aligned box with ``BOX_EXTENTS`` centred at the origin, one solid colour per face pair.
+
+    A plain function (``from conftest import make_box_mesh``) for module-scoped fixtures and
+    helpers; tests take the ``box_mesh`` fixture.
+    """
     box = trimesh.creation.box(extents=BOX_EXTENTS)
     n = box.face_normals
     colors = np.zeros((len(box.faces), 4), dtype=np.uint8)
@@ -35,3 +39,22 @@ def box_mesh() -> trimesh.Trimesh:
     colors[axis == 2, 2] = 180  # +-z faces blue
     box.visual = trimesh.visual.ColorVisuals(box, face_colors=colors)
     return box
+
+
+@pytest.fixture
+def box_mesh() -> trimesh.Trimesh:
+    """The box of :func:`make_box_mesh`."""
+    return make_box_mesh()
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch intra-op thread (restored afterwards).
+
+    On the project's two shared cores one thread is much faster than two contending ones for
+    the small tensors of the rasterizer and tiny-model tests.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,6 +18,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import make_box_mesh
 
 RES = 40
 SUPERSAMPLE = 2  # render at 2x and average 2 x 2 blocks: antialiased edges, as real renders have
@@ -25,27 +26,14 @@ VIEWS = [0, 3, 6, 9, 12, 15, 18, 21]
 TARGET_PSNR = 24.0
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: one thread is much faster than two contending
-    yield
-    torch.set_num_threads(n)
 
 
 def _box_views():
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-    trimesh = pytest.importorskip("trimesh")
     from geolrm_bench.cameras import intrinsics_from_fov, opencv_to_opengl
     from geolrm_bench.rendering import render_views
 
-    box = trimesh.creation.box(extents=(0.8, 0.6, 0.4))
-    colors = np.zeros((len(box.faces), 4), dtype=np.uint8)
-    colors[:, 3] = 255
-    axis = np.abs(box.face_normals).argmax(axis=1)
-    for a, value in enumerate((220, 200, 180)):
-        colors[axis == a, a] = value
-    box.visual = trimesh.visual.ColorVisuals(box, face_colors=colors)
+    box = make_box_mesh()
     try:
         layers = render_views(box, resolution=RES * SUPERSAMPLE, views=VIEWS)
     except Exception as e:  # pragma: no cover - no OSMesa here

@@ -16,13 +16,7 @@ from model.rasterize import render_gaussians
 BG = (0.2, 0.4, 0.6)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: one intra-op thread is much faster than two contending ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cam_on_z(dist: float, dtype=torch.float64) -> torch.Tensor:  # [1, 4, 4]

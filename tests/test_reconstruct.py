@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import make_box_mesh
 
 from geolrm_bench.cli import main as cli_main
 from geolrm_bench.errors import BenchError
@@ -15,31 +16,18 @@ from geolrm_bench.errors import BenchError
 RES = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two shared cores: one intra-op thread is much faster than two fighting threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def box_object(tmp_path_factory):
     """The coloured box rendered by the project's renderer into a GObjaverse folder (40 views, 32 px)."""
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-    trimesh = pytest.importorskip("trimesh")
     try:
         from geolrm_bench.rendering import render_views, write_object_views
     except ImportError as e:  # pragma: no cover
         pytest.skip(f"renderer unavailable: {e}")
-    box = trimesh.creation.box(extents=(0.8, 0.6, 0.4))
-    colors = np.zeros((len(box.faces), 4), dtype=np.uint8)
-    colors[:, 3] = 255
-    axis = np.abs(box.face_normals).argmax(axis=1)
-    for a, value in enumerate((220, 200, 180)):
-        colors[axis == a, a] = value
-    box.visual = trimesh.visual.ColorVisuals(box, face_colors=colors)
+    box = make_box_mesh()
     try:
         layers = render_views(box, resolution=RES)
     except Exception as e:  # pragma: no cover - no OSMesa on this machine

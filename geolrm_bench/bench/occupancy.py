@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from geolrm_bench.bench import best_of
+
 H = W = 512
 PIPELINE_OBJECTS = 12
 #: seconds to wait after the warm-up: Ray's helper processes (log monitor, autoscaler monitor,
@@ -66,16 +68,6 @@ def synthetic_depth(shape: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return depth, c2w, K
 
 
-def _best(fn, repeats: int = 3):
-    """(best wall s, CPU s of that run, output). numpy here is single-threaded: CPU s ~ idle-core wall s."""
-    best, cpu, out = float("inf"), float("inf"), None
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        t, c = time.perf_counter() - t0, time.process_time() - c0
-        if t < best:
-            best, cpu = t, c
-    return best, cpu, out
 
 
 def voxelization_rows() -> list[list]:
@@ -86,8 +78,8 @@ def voxelization_rows() -> list[list]:
         depth, c2w, K = synthetic_depth(shape)
         valid = int((depth > 0).sum())
         for R in (128, 256):
-            t_fast, c_fast, fast = _best(lambda: occ.voxelize_depth(depth, c2w, K, R))  # noqa: B023
-            t_ref, c_ref, ref = _best(lambda: occ._voxelize_depth_reference(depth, c2w, K, R), 1)  # noqa: B023
+            t_fast, c_fast, fast = best_of(lambda: occ.voxelize_depth(depth, c2w, K, R))  # noqa: B023
+            t_ref, c_ref, ref = best_of(lambda: occ._voxelize_depth_reference(depth, c2w, K, R), 1)  # noqa: B023
             same = "yes" if np.array_equal(fast, ref) else "NO"
             rows.append([shape, R, f"{valid / 1e6:.2f}", len(fast), f"{t_fast:.3f}", f"{c_fast:.3f}",
                          f"{t_ref:.2f}", f"{c_ref:.2f}", f"{c_ref / c_fast:.0f}x", same,

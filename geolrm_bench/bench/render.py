@@ -21,10 +21,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from geolrm_bench.bench import best_of
 
 RESOLUTION = 512
 COMPRESSIONS = ("none", "rle", "zips", "zip", "piz")
@@ -52,15 +53,9 @@ def _object():
 
 
 def _timed(fn, repeats: int = 2):
-    """Best wall-clock seconds and the CPU seconds (all threads of this process) of that run."""
-    best, cpu, out = float("inf"), float("nan"), None
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        t, c = time.perf_counter() - t0, time.process_time() - c0
-        if t < best:
-            best, cpu = t, c
-    return (best, cpu), out
+    """((best wall s, CPU s of that run), output): see :func:`geolrm_bench.bench.best_of`."""
+    wall, cpu, out = best_of(fn, repeats)
+    return (wall, cpu), out
 
 
 def measure(compressions: tuple[str, ...] = COMPRESSIONS) -> dict:
