@@ -22,6 +22,7 @@ indices), so a rerun after a kill gives byte-identical ``pts.npy``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -304,9 +305,24 @@ def _run_local(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
         yield process_item(it, cfg.out, cfg.resolution, cfg.render_resolution, cfg.backend)
 
 
+def _absolute_item(it: WorkItem) -> WorkItem:
+    """``it`` with its input paths made absolute (the driver's working directory)."""
+    ref = it.ref
+    if dataclasses.is_dataclass(ref) and isinstance(getattr(ref, "path", None), str | Path):
+        ref = dataclasses.replace(ref, path=Path(ref.path).absolute())
+    rendered = None if it.rendered_dir is None else Path(it.rendered_dir).absolute()
+    return WorkItem(it.name, rendered_dir=rendered, ref=ref)
+
+
 def _run_ray(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
-    """Yield records as tasks finish; a bounded window of tasks is in flight."""
+    """Yield records as tasks finish; a bounded window of tasks is in flight.
+
+    Paths go to the workers absolute: a worker's working directory is the one its Ray node
+    was started in (``ray start`` elsewhere), not the driver's.
+    """
     ray, own = _init_ray(cfg)
+    out = str(Path(cfg.out).absolute())
+    items = [_absolute_item(it) for it in items]
     restore = _sigterm_as_interrupt()  # after ray.init, which installs its own SIGTERM handler
     try:
         # the same env_vars as the job's runtime_env (when we started Ray): workers are shared and
@@ -320,7 +336,7 @@ def _run_ray(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
         while queue or pending:
             while queue and len(pending) < window:
                 it = queue.pop(0)
-                pending[remote.remote(it, str(cfg.out), cfg.resolution, cfg.render_resolution,
+                pending[remote.remote(it, out, cfg.resolution, cfg.render_resolution,
                                       cfg.backend)] = it
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:

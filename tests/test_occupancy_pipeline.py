@@ -191,6 +191,22 @@ def _write_rendered_sphere(obj: Path, H: int = 96) -> None:
         gobjaverse.write_view(obj, i, rgba, c2w[i], np.zeros((H, H, 3), np.float32), t)
 
 
+def test_ray_workers_in_another_working_directory_use_the_drivers_paths(tmp_path, ray_cluster, monkeypatch):
+    """Relative --root/--out name the driver's folders even when the Ray workers run elsewhere
+    (a cluster started with ``ray start`` in another directory): here the workers' cwd is the one
+    the module's Ray was started in, and the driver moves to tmp_path."""
+    pytest.importorskip("OpenEXR")
+    _write_rendered_sphere(tmp_path / "renders" / "ball", H=32)
+    monkeypatch.chdir(tmp_path)
+    cfg = pipe.OccupancyGTConfig(dataset=None, root=Path("renders"), out=Path("gt_out"),
+                                 report_dir=tmp_path / "rep", progress=False)
+    res = pipe.run_occupancy_gt(cfg)
+    assert res.counts == {"done": 1, "failed": 0, "skipped": 0}, res.records
+    assert (tmp_path / "gt_out" / "occupancy" / "ball" / "pts.npy").is_file()
+    res2 = pipe.run_occupancy_gt(pipe.OccupancyGTConfig(**{**cfg.__dict__, "report_dir": tmp_path / "rep2"}))
+    assert res2.counts == {"done": 0, "failed": 0, "skipped": 1}
+
+
 def test_pipeline_rendered_input_local_and_meta_recovery(tmp_path):
     pytest.importorskip("OpenEXR")
     src = tmp_path / "renders"
