@@ -148,5 +148,9 @@ def read_json(path: str | Path) -> Any:
             return json.load(f)
     except FileNotFoundError:
         raise BenchError("file not found", path) from None
+    except IsADirectoryError:
+        raise BenchError("is a folder, expected a JSON file", path) from None
+    except OSError as e:
+        raise BenchError(f"cannot read ({e.strerror or type(e).__name__})", path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BenchError(f"unreadable JSON ({e})", path) from None

@@ -75,3 +75,6 @@ def test_read_json_errors_name_the_file(tmp_path):
         read_json(bad)
     with pytest.raises(BenchError, match="missing.json: file not found"):
         read_json(tmp_path / "missing.json")
+    (tmp_path / "00000.json").mkdir()
+    with pytest.raises(BenchError, match="00000.json: is a folder"):
+        read_json(tmp_path / "00000.json")
