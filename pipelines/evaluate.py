@@ -437,10 +437,21 @@ def run_key(cfg: EvalConfig, protocol: Protocol) -> str:
     import hashlib
 
     spec = {k: v for k, v in method_spec(cfg).items() if k != "device"}
+    spec["checkpoint_files"] = _checkpoint_fingerprint(cfg.checkpoint)  # a replaced file is redone
     proto = {k: v for k, v in protocol.to_dict().items() if k != "limit"}  # a larger subset reuses
     blob = json.dumps({"protocol": proto, "method": spec, "lpips": cfg.lpips_net},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _checkpoint_fingerprint(checkpoint: str | None) -> list:
+    """``[name, size, mtime_ns]`` of the checkpoint file (or of every file in a checkpoint folder):
+    cheap, and it changes when the weights at the same path are replaced."""
+    if not checkpoint:
+        return []
+    p = Path(checkpoint)
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def method_spec(cfg: EvalConfig) -> dict:

@@ -259,3 +259,23 @@ def test_stale_records_are_redone(tmp_path):
     assert not finished(p, k)
     p.write_text("{broken")
     assert not finished(p, k)
+
+
+def test_replaced_checkpoint_changes_the_resume_key(tmp_path):
+    """Records made with one checkpoint must not be reused after the file at the same path changes."""
+    from pipelines.evaluate import EvalConfig, run_key
+
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"weights v1")
+    a = EvalConfig(checkpoint=str(ckpt), resolution=64)
+    k1 = run_key(a, a.protocol())
+    assert run_key(a, a.protocol()) == k1  # stable while the file is unchanged
+    ckpt.write_bytes(b"weights v2, retrained")
+    assert run_key(a, a.protocol()) != k1
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"v1")
+    b = EvalConfig(checkpoint=str(folder), resolution=64)
+    k2 = run_key(b, b.protocol())
+    (folder / "model.safetensors").write_bytes(b"v2 longer")
+    assert run_key(b, b.protocol()) != k2
