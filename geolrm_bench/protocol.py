@@ -140,8 +140,9 @@ class Protocol:
         d["background"] = list(self.background)
         return d
 
-    def describe(self) -> list[str]:
-        """Human-readable protocol lines for reports."""
+    def describe(self, lpips_net: str = "vgg") -> list[str]:
+        """Human-readable protocol lines for reports (``lpips_net``: the LPIPS backbone used)."""
+        lpips_name = {"vgg": "LPIPS-VGG", "alex": "LPIPS-AlexNet"}.get(lpips_net, f"LPIPS-{lpips_net}")
         limit = "all" if self.limit is None else str(self.limit)
         return [
             f"Objects rendered by our renderer in the GObjaverse 40-view layout at {self.resolution} px, "
@@ -150,7 +151,7 @@ class Protocol:
             "(orbit views 0-23, evenly spaced in azimuth: floor(i*24/N + 0.5)).",
             f"Test views: {', '.join(map(str, self.test_views))} (ring views 27-38, never inputs, "
             "the same for every N).",
-            "Image metrics (PSNR, SSIM, LPIPS-VGG) at the test views; geometry metrics (Chamfer, "
+            f"Image metrics (PSNR, SSIM, {lpips_name}) at the test views; geometry metrics (Chamfer, "
             f"F-score@{self.fscore_tau:g}) against {self.num_gt_points} points sampled (seed "
             f"{self.gt_seed}) on the ground-truth mesh in its own frame, in metres (prediction mapped "
             "back with the object's normalising transform); chamfer_norm / fscore_norm: the same in "

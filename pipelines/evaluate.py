@@ -663,7 +663,7 @@ def write_run_report(cfg: EvalConfig, protocol: Protocol, run_dir: Path, names: 
         device_name=info.get("device_name"), max_tokens=cfg.max_tokens, input_size=cfg.input_size,
         lpips_net=cfg.lpips_net, objects=names, protocol=protocol.to_dict(),
         input_views=protocol.input_views, test_views=protocol.test_views, eval_config=asdict(cfg))
-    reports.write_report(run_dir, per_view, per_object, summary, config, protocol.describe(),
+    reports.write_report(run_dir, per_view, per_object, summary, config, protocol.describe(cfg.lpips_net),
                          cfg.dataset_name(), warnings)
     return RunResult(run_dir=run_dir, summary=summary, records=records, failed=nfail)
 
@@ -709,7 +709,7 @@ def run_sweep(cfg: EvalConfig, views: tuple[int, ...] = (4, 8, 12, 16, 20),
     reports.write_csv_atomic(summary, sweep_dir / "summary.csv")
     reports.plot_sweep(summary, sweep_dir, paper[paper["table"] == 3] if len(paper) else paper)
     base = read_json(results[0].run_dir / "config.json")
-    proto_lines = cfg.protocol().describe()
+    proto_lines = cfg.protocol().describe(cfg.lpips_net)
     proto_lines[1] = "Input views per N (floor(i*24/N + 0.5) among orbit views 0-23): " + "; ".join(
         f"N={n}: {', '.join(map(str, input_view_ids(n)))}" for n in views) + "."
     md = reports.summary_markdown(summary, proto_lines, {**base, "run": sweep_name},

@@ -79,3 +79,10 @@ def test_select_objects_seeded_subset():
     assert select_objects(names, 10, seed=4) != a
     assert select_objects(names[:5], 100) == names[:5]
     assert select_objects(names, None) == names
+
+
+def test_describe_names_the_lpips_network_used():
+    assert any("LPIPS-VGG" in line for line in Protocol().describe())
+    lines = Protocol().describe(lpips_net="alex")
+    assert any("LPIPS-AlexNet" in line for line in lines)
+    assert not any("VGG" in line for line in lines)
