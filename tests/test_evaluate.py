@@ -279,3 +279,16 @@ def test_replaced_checkpoint_changes_the_resume_key(tmp_path):
     k2 = run_key(b, b.protocol())
     (folder / "model.safetensors").write_bytes(b"v2 longer")
     assert run_key(b, b.protocol()) != k2
+
+
+def test_eval_and_sweep_help_document_every_option():
+    """Issue 6: ``geolrm-bench eval --help`` documents every option (sweep-views likewise)."""
+    import argparse
+
+    from geolrm_bench.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for cmd in ("eval", "sweep-views"):
+        undocumented = [a.option_strings[0] for a in sub.choices[cmd]._actions
+                        if a.option_strings and a.dest != "help" and not a.help]
+        assert not undocumented, f"{cmd}: options without help: {undocumented}"

@@ -42,9 +42,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="reconstruction token cap")
     p.add_argument("--input-size", type=int, default=None, help="model input size (default: preset's)")
     p.add_argument("--resolution", type=int, default=512, help="render/evaluation resolution (px)")
-    p.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex"])
-    p.add_argument("--num-gt-points", type=int, default=16000)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--lpips-net", default="vgg", choices=["vgg", "alex"],
+                   help="LPIPS backbone (default vgg, as the official GeoLRM test step)")
+    p.add_argument("--num-gt-points", type=int, default=16000,
+                   help="points sampled (fixed seed) on the ground-truth surface (default 16000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
 
 
 def _config(args, **over):
