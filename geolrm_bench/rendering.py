@@ -26,6 +26,7 @@ Conventions:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -38,7 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from geolrm_bench.cameras import GOBJAVERSE_FOV_DEG, focal_from_fov, gobjaverse_c2w, opencv_to_opengl
+from geolrm_bench.cameras import (
+    GOBJAVERSE_FOV_DEG,
+    NUM_VIEWS,
+    focal_from_fov,
+    gobjaverse_c2w,
+    opencv_to_opengl,
+)
 from geolrm_bench.errors import BenchError
 from geolrm_bench.gobjaverse import INDEX_NAME, write_view
 from geolrm_bench.io import atomic_dir, remove_stale_temporaries, write_json_atomic
@@ -367,9 +374,25 @@ def write_object_views(layers: dict[str, Any], object_dir: str | Path, *, source
     return object_dir
 
 
-def is_rendered(object_dir: str | Path) -> bool:
-    """True when ``object_dir`` is a complete render (its ``metadata.json`` exists)."""
-    return (Path(object_dir) / METADATA_NAME).is_file()
+def is_rendered(object_dir: str | Path, resolution: int | None = None,
+                views: Sequence[int] | None = None) -> bool:
+    """True when ``object_dir`` is a complete render (its ``metadata.json`` exists).
+
+    With ``resolution`` and/or ``views`` it must also have been rendered with those settings
+    (as recorded in ``metadata.json``); a render made with other settings is not "done".
+    """
+    path = Path(object_dir) / METADATA_NAME
+    if not path.is_file():
+        return False
+    if resolution is None and views is None:
+        return True
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if resolution is not None and meta.get("resolution") != int(resolution):
+        return False
+    return views is None or [int(v) for v in meta.get("views", [])] == [int(v) for v in views]
 
 
 def render_object(asset, out_root: str | Path, resolution: int = 512, backend: str = "osmesa",
@@ -420,9 +443,10 @@ def render_collection(refs: Iterable, out_root: str | Path, resolution: int = 51
                       exr_compression: str = "rle", progress: bool = True) -> RenderSummary:
     """Render every ``ObjectRef`` (``ref.name``, ``ref.load()``) into ``out_root/<name>``.
 
-    Resumable: objects whose folder has ``metadata.json`` are skipped when
-    ``skip_existing``; leftovers of interrupted atomic writes in ``out_root`` are removed
-    first (so do not point two concurrent runs at the same ``out_root``). A failing
+    Resumable: objects whose folder has ``metadata.json`` written with the same resolution and
+    views are skipped when ``skip_existing`` (other settings are rendered again); leftovers
+    of interrupted atomic writes in ``out_root`` are removed first (so do not point two
+    concurrent runs at the same ``out_root``). A failing
     object is recorded with a one-line reason and the run goes on.
     ``out_root/index.json`` (``{"objects": [...]}``: every complete object folder of this
     and earlier runs, plus this run's failures) is written atomically at the end.
@@ -437,7 +461,8 @@ def render_collection(refs: Iterable, out_root: str | Path, resolution: int = 51
     refs = list(refs)
     for ref in tqdm(refs, desc="render", unit="obj", disable=not progress):
         name = ref.name
-        if skip_existing and is_rendered(out_root / name):
+        wanted_views = list(range(NUM_VIEWS)) if views is None else views
+        if skip_existing and is_rendered(out_root / name, resolution=resolution, views=wanted_views):
             summary.skipped.append(name)
             continue
         try:

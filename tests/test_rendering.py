@@ -260,6 +260,12 @@ def test_render_collection_resumes_and_reports(tmp_path):
     assert s2.skipped == ["a", "b"] and s2.written == [] and len(s2.failed) == 1
     vb = gobjaverse.load_views(tmp_path / "a", views=[0, 25])
     assert vb.images.shape == (2, 3, 24, 24)
+    # other settings are not "done": a rerun at another resolution or with other views renders again
+    s3 = rendering.render_collection(refs[:1], tmp_path, resolution=16, views=[0, 25], progress=False)
+    assert s3.written == ["a"] and s3.skipped == []
+    assert gobjaverse.load_views(tmp_path / "a", views=[0]).images.shape == (1, 3, 16, 16)
+    s4 = rendering.render_collection(refs[:1], tmp_path, resolution=16, views=[0], progress=False)
+    assert s4.written == ["a"] and s4.skipped == []
 
 
 def test_cli_render_mesh_file(tmp_path, capsys):
