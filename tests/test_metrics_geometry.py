@@ -194,11 +194,17 @@ def test_depth_back_projection_of_a_plane():
 
 # --------------------------------------------------------------------------- cost
 def test_measure_cost_cpu_time_and_memory():
+    import mmap
+
+    size = 64 * 2**20
     with measure_cost("cpu") as cost:
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        block += 1
-        time.sleep(0.1)  # held long enough for the RSS sampler (5 ms period) to see it
-        del block
+        # A fresh anonymous mapping, every page written: 64 MiB of new resident memory whatever
+        # the allocator already holds (np.ones could reuse freed, still-resident heap pages
+        # left by earlier tests in the same process, so RSS would not grow).
+        block = mmap.mmap(-1, size)
+        block.write(b"\x01" * size)
+        time.sleep(0.3)  # held long enough for the RSS sampler (5 ms period) to see it, on a busy machine too
+        block.close()
     assert cost.seconds > 0 and cost.device == "cpu" and cost.device_name
     # the 64 MiB must show up, either as a new lifetime peak or in the RSS samples
     assert cost.peak_memory_bytes - cost.baseline_memory_bytes >= 48 * 2**20
