@@ -266,21 +266,38 @@ def _tile_lists(
     tile: int,
 ) -> tuple[Tensor, Tensor, Tensor]:  # sorted Gaussian ids [M], per-tile counts [Tiles], offsets [Tiles]
     """Tile/Gaussian intersections sorted by (tile, depth), as 3DGS's key sort, on integers only."""
-    N = means2d.shape[0]
-    dev = means2d.device
     tw, th = -(-width // tile), -(-height // tile)
     x0, x1, y0, y1, ok = _pixel_boxes(means2d, extent, valid, height, width)
-    x0, x1, y0, y1 = x0 // tile, x1 // tile, y0 // tile, y1 // tile
-    ntx = x1 - x0 + 1
-    cnt = torch.where(ok, ntx * (y1 - y0 + 1), torch.zeros_like(ntx))
+    gid, tid = _sorted_box_cells(x0 // tile, x1 // tile, y0 // tile, y1 // tile, ok, tw, depths)
+    counts = torch.bincount(tid, minlength=tw * th)
+    offsets = torch.cumsum(counts, 0) - counts
+    return gid, counts, offsets
+
+
+def _sorted_box_cells(
+    x0: Tensor,  # [N] long, first cell column of each Gaussian's box
+    x1: Tensor,  # [N] long, last cell column (inclusive)
+    y0: Tensor,  # [N] long
+    y1: Tensor,  # [N] long
+    ok: Tensor,  # [N] bool, Gaussian has a non-empty box
+    row_cells: int,  # cells per row of the grid
+    depths: Tensor,  # [N]
+) -> tuple[Tensor, Tensor]:  # Gaussian ids [M], cell ids [M] (row-major), sorted by (cell, depth)
+    """Expand each Gaussian's cell box into (Gaussian, cell) pairs sorted by (cell, depth).
+
+    Integer-only key sort as in 3DGS; cells are tiles for the tiled path and pixels for the
+    pair-list path.
+    """
+    N = x0.shape[0]
+    dev = x0.device
+    nx = x1 - x0 + 1
+    cnt = torch.where(ok, nx * (y1 - y0 + 1), torch.zeros_like(nx))
     gid = torch.repeat_interleave(torch.arange(N, device=dev), cnt)
     start = torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
     local = torch.arange(gid.shape[0], device=dev) - start
-    tid = (y0[gid] + local // ntx[gid]) * tw + x0[gid] + local % ntx[gid]
-    order = torch.argsort(tid * N + _depth_rank(depths)[gid])
-    counts = torch.bincount(tid, minlength=tw * th)
-    offsets = torch.cumsum(counts, 0) - counts
-    return gid[order], counts, offsets
+    cell = (y0[gid] + local // nx[gid]) * row_cells + x0[gid] + local % nx[gid]
+    order = torch.argsort(cell * N + _depth_rank(depths)[gid])
+    return gid[order], cell[order]
 
 
 def _rasterize_torch(
@@ -404,18 +421,11 @@ def _rasterize_pairs(
     results are scattered with ``index_add``. Memory and time O(pairs): fastest for small splats
     (low resolution, training); the tiled path is used for large scenes (early termination).
     """
-    N, C = feats.shape
+    C = feats.shape[1]
     dtype, dev = means2d.dtype, means2d.device
     with torch.no_grad():
         x0, x1, y0, y1, ok = _pixel_boxes(means2d.detach(), extent, valid, height, width)
-        nx = x1 - x0 + 1
-        cnt = torch.where(ok, nx * (y1 - y0 + 1), torch.zeros_like(nx))
-        gid = torch.repeat_interleave(torch.arange(N, device=dev), cnt)
-        start = torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
-        local = torch.arange(gid.shape[0], device=dev) - start
-        pix = (y0[gid] + local // nx[gid]) * width + x0[gid] + local % nx[gid]
-        order = torch.argsort(pix * N + _depth_rank(depths.detach())[gid])
-        gid, pix = gid[order], pix[order]
+        gid, pix = _sorted_box_cells(x0, x1, y0, y1, ok, width, depths.detach())
         M = gid.shape[0]
         first = torch.ones(M, dtype=torch.bool, device=dev)
         first[1:] = pix[1:] != pix[:-1]
