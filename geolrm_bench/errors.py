@@ -18,3 +18,14 @@ class BenchError(ValueError):
             message = f"{path}: {message}"
         super().__init__(message)
         self.path = None if path is None else Path(path)
+
+
+def one_line(e: BaseException, limit: int | None = 500) -> str:
+    """A one-line description of ``e`` for records and summaries.
+
+    A :class:`BenchError`'s own text (it already names the file and the problem), else
+    ``Type: message``; whitespace collapsed; cut to ``limit`` characters (None: no cut).
+    """
+    msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+    msg = " ".join(msg.split())
+    return msg if limit is None else msg[:limit]

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geolrm_bench.errors import BenchError
+from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.io import read_json, sha256_file
 from geolrm_bench.protocol import Protocol
 
@@ -66,13 +66,6 @@ def safe_name(name: str) -> str:
     """``name`` with every run of characters outside ``[A-Za-z0-9_.+-]`` replaced by ``_``
     (file names of per-object records, caches and prediction folders)."""
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)
-
-
-def one_line_error(e: BaseException) -> str:
-    """A one-line message for a record: a BenchError's own text, else ``Type: message``
-    (whitespace collapsed, at most 500 characters)."""
-    msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
-    return " ".join(msg.split())[:500]
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +201,7 @@ class GeoLRMMethod:
                                                seed=protocol.gt_seed), dtype=np.float64)
         except ValueError as e:  # e.g. every Gaussian below the opacity threshold
             pts = None
-            extra = {"warning": f"no prediction points: {one_line_error(e)}"}
+            extra = {"warning": f"no prediction points: {one_line(e)}"}
         else:
             extra = {}
         extra["memory_method"] = cost.memory_method
@@ -326,7 +319,7 @@ def _read_png_on_bg(path: Path, background, size: int) -> np.ndarray:  # -> [3, 
         im = Image.open(path)
         im.load()
     except Exception as e:
-        raise BenchError(f"unreadable PNG ({one_line_error(e)})", path) from None
+        raise BenchError(f"unreadable PNG ({one_line(e)})", path) from None
     im = im.convert("RGBA")
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.BOX)

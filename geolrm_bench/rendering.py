@@ -46,7 +46,7 @@ from geolrm_bench.cameras import (
     gobjaverse_c2w,
     opencv_to_opengl,
 )
-from geolrm_bench.errors import BenchError
+from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.gobjaverse import INDEX_NAME, write_view
 from geolrm_bench.io import atomic_dir, remove_stale_temporaries, write_json_atomic
 
@@ -433,11 +433,6 @@ class RenderSummary:
         return "\n".join(self.lines())
 
 
-def _one_line(e: BaseException) -> str:
-    msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
-    return " ".join(msg.split())
-
-
 def render_collection(refs: Iterable, out_root: str | Path, resolution: int = 512, backend: str = "osmesa",
                       skip_existing: bool = True, views: Sequence[int] | None = None,
                       exr_compression: str = "rle", progress: bool = True) -> RenderSummary:
@@ -473,7 +468,7 @@ def render_collection(refs: Iterable, out_root: str | Path, resolution: int = 51
         except KeyboardInterrupt:
             raise
         except Exception as e:
-            summary.failed.append((name, _one_line(e)))
+            summary.failed.append((name, one_line(e, limit=None)))
     summary.seconds = time.perf_counter() - t0
     done = sorted(set(summary.written) | set(summary.skipped))
     index_path = out_root / INDEX_NAME

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from geolrm_bench.errors import BenchError
+from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.io import read_json, save_npy_atomic, sha256_file, write_json_atomic
 from geolrm_bench.methods import (  # noqa: F401  (re-exported: the method adapters live in the library)
     GIB,
@@ -61,7 +61,6 @@ from geolrm_bench.methods import (  # noqa: F401  (re-exported: the method adapt
     image_scores,
     preload_torch_stack,
 )
-from geolrm_bench.methods import one_line_error as _one_line
 from geolrm_bench.methods import safe_name as _safe
 from geolrm_bench.protocol import DEFAULT_TEST_VIEWS, Protocol, input_view_ids, select_objects
 
@@ -250,7 +249,7 @@ def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol:
                 rec["warnings"].append("no ground-truth mesh for this rendered object: "
                                        "geometry metrics skipped")
     except Exception as e:  # a bad object is a record, not a crash
-        rec.update(status="failed", error=_one_line(e))
+        rec.update(status="failed", error=one_line(e))
     return rec
 
 
@@ -280,7 +279,7 @@ def _asset_from_render_metadata(object_dir: Path, warnings: list[str]):
         name = str(meta.get("object") or object_dir.name)
         return datasets.ObjectRef(name, Path(path), kind, dataset).load()
     except Exception as e:
-        warnings.append(f"source mesh named in {meta_path} not loadable ({_one_line(e)})")
+        warnings.append(f"source mesh named in {meta_path} not loadable ({one_line(e)})")
         return None
 
 
@@ -358,7 +357,7 @@ class Evaluator:
                     "lpips": lp.tolist(), "reconstruct_s": t1 - t0, "lpips_s": time.perf_counter() - t1,
                     "extra": pred.extra}
         except Exception as e:
-            return {"status": "failed", "error": _one_line(e), "traceback": traceback.format_exc(limit=4)}
+            return {"status": "failed", "error": one_line(e), "traceback": traceback.format_exc(limit=4)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,7 +401,7 @@ def score_object(prep: dict, pred: dict, protocol: Protocol, record_path: str, m
         if (pred.get("extra") or {}).get("warning"):
             rec["warnings"].append(pred["extra"]["warning"])
     except Exception as e:
-        rec.update(status="failed", error=_one_line(e))
+        rec.update(status="failed", error=one_line(e))
     rec["metrics_s"] = time.perf_counter() - t0 + float(pred.get("lpips_s", 0.0) or 0.0)
     write_json_atomic(record_path, rec)
     return rec
@@ -550,7 +549,7 @@ def _run_ray(cfg, spec, todo, protocol, renders_root, gt_root, run_dir, meta, on
         try:
             info = ray.get(actor.info.remote())
         except ray.exceptions.RayActorError as e:
-            raise BenchError(f"the model actor failed to start: {_one_line(e.__cause__ or e)}") from None
+            raise BenchError(f"the model actor failed to start: {one_line(e.__cause__ or e)}") from None
         prep_task = ray.remote(num_cpus=1, max_retries=2)(prepare_object)
         score_task = ray.remote(num_cpus=1, max_retries=2)(score_object)
         pending = []
@@ -566,7 +565,7 @@ def _run_ray(cfg, spec, todo, protocol, renders_root, gt_root, run_dir, meta, on
                     rec = ray.get(r)
                 except Exception as e:  # crashed worker / actor after retries: record it
                     name = by_ref[r].name
-                    rec = {"object": name, "status": "failed", "error": _one_line(e), **meta,
+                    rec = {"object": name, "status": "failed", "error": one_line(e), **meta,
                            "num_input_views": protocol.num_input_views, "views": []}
                     write_json_atomic(record_path(run_dir, name), rec)
                 on_done(rec)

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from geolrm_bench import occupancy as occ
-from geolrm_bench.errors import BenchError
+from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.io import read_json, sha256_file, write_json_atomic, write_text_atomic
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -345,7 +345,7 @@ def _run_ray(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
                     yield ray.get(ref)
                 except Exception as e:  # worker crashed past its retries, or task lost
                     yield {"object": it.name, "status": "failed", "resolution": cfg.resolution,
-                           "error": " ".join(f"{type(e).__name__}: {e}".split())[:500], "seconds": None}
+                           "error": one_line(e), "seconds": None}
     finally:
         restore()
         if own:

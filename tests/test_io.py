@@ -78,3 +78,12 @@ def test_read_json_errors_name_the_file(tmp_path):
     (tmp_path / "00000.json").mkdir()
     with pytest.raises(BenchError, match="00000.json: is a folder"):
         read_json(tmp_path / "00000.json")
+
+
+def test_one_line_keeps_bench_errors_and_names_other_types():
+    from geolrm_bench.errors import one_line
+
+    assert one_line(BenchError("mesh is\n  empty", "a.obj")) == "a.obj: mesh is empty"
+    assert one_line(KeyError("x")) == "KeyError: 'x'"
+    assert one_line(RuntimeError("y" * 600)) == ("RuntimeError: " + "y" * 600)[:500]
+    assert len(one_line(RuntimeError("y" * 600), limit=None)) == len("RuntimeError: ") + 600
