@@ -9,7 +9,7 @@ A *method* is anything with ``device`` / ``checkpoint_kind`` / ``preset`` /
   ``from_pretrained`` folders, or a preset with random weights) reconstructs 3D Gaussians from
   the protocol's input views and rasterizes them at the test views.
 - :class:`PredictionsMethod`: method-agnostic; another method's outputs on disk, per object
-  ``root/<object>/`` holding a 3DGS ``.ply`` (rasterized with :mod:`model.rasterize`), a mesh
+  ``root/<object>/`` holding a 3DGS ``.ply`` (rasterized with :mod:`geolrm_bench.model.rasterize`), a mesh
   (``.obj/.glb/.gltf/.ply/.off/.stl``, rendered with :func:`geolrm_bench.rendering.render_views`)
   or the test views as ``<NNNNN>.png`` (no geometry then); an optional ``cost.json`` with
   ``inference_s`` / ``memory_gb`` / ``device`` supplies the method's cost.
@@ -138,22 +138,22 @@ class GeoLRMMethod:
             if not path.exists():
                 raise BenchError("checkpoint not found", path)
             if path.is_dir():
-                from model.geolrm import GeoLRM
+                from geolrm_bench.model.geolrm import GeoLRM
 
                 self.model = GeoLRM.from_pretrained(path)
                 self.checkpoint_kind = "pretrained"
                 weights = sorted(path.glob("*.safetensors"))
                 self.checkpoint_sha256 = sha256_file(weights[0]) if weights else ""
             else:
-                from model.checkpoint import load_official
+                from geolrm_bench.model.checkpoint import load_official
 
                 self.model = load_official(path)
                 self.checkpoint_kind = "official"
                 self.checkpoint_sha256 = sha256_file(path)
             self.preset = getattr(self.model.cfg, "name", "")
         else:
-            from model.config import get_config
-            from model.geolrm import GeoLRM
+            from geolrm_bench.model.config import get_config
+            from geolrm_bench.model.geolrm import GeoLRM
 
             self.preset = preset or "tiny"
             torch.manual_seed(seed)
@@ -177,7 +177,7 @@ class GeoLRMMethod:
 
         from geolrm_bench import gobjaverse
         from geolrm_bench.metrics import measure_cost, prediction_points
-        from model.rasterize import render_gaussians
+        from geolrm_bench.model.rasterize import render_gaussians
 
         vin = gobjaverse.load_views(object_dir, views=protocol.input_views, background=protocol.background)
         vt = gobjaverse.load_views(object_dir, views=protocol.test_views, background=protocol.background,
@@ -220,7 +220,7 @@ class PredictionsMethod:
     """Another method's outputs under ``root/<object>/`` (3DGS .ply, a mesh, or test-view PNGs).
 
     Per object folder, the first of these that exists is used: a 3DGS ``.ply`` (a PLY whose
-    header has an ``opacity`` property; loaded with ``model.ply.load_ply``), else a mesh file
+    header has an ``opacity`` property; loaded with ``geolrm_bench.model.ply.load_ply``), else a mesh file
     (:data:`MESH_EXTS`), else ``<NNNNN>.png`` for every test view (RGBA composited on the
     background, box-resized to the protocol's resolution). All in the normalised object frame.
     """
@@ -263,9 +263,9 @@ class PredictionsMethod:
                                    resolution=protocol.resolution)
         if plys:
             from geolrm_bench.metrics import prediction_points
-            from model.rasterize import render_gaussians
+            from geolrm_bench.model.rasterize import render_gaussians
 
-            load_ply = importlib.import_module("model.ply").load_ply  # engineer 6's module
+            load_ply = importlib.import_module("geolrm_bench.model.ply").load_ply  # engineer 6's module
 
             g = load_ply(plys[0]).to(self.device)
             with torch.no_grad():

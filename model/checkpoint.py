@@ -9,7 +9,7 @@ training metric are ignored. Any other missing, unexpected or mis-shaped key is 
 (:class:`BenchError` naming the key and both shapes): nothing is dropped silently.
 
 The official checkpoint is loaded into the ``paper`` preset with ``compat=True`` by default,
-which reproduces the official forward pass (quirks listed in :mod:`model.config`).
+which reproduces the official forward pass (quirks listed in :mod:`geolrm_bench.model.config`).
 
 Own weights: ``save_pretrained(model, dir)`` writes ``model.safetensors`` + ``config.json``
 atomically; ``from_pretrained(dir)`` reads them back.
@@ -23,11 +23,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from geolrm_bench.model.config import ModelConfig, get_config
 from torch import Tensor
 
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import atomic_dir
-from model.config import ModelConfig, get_config
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "official_keys.tsv"
@@ -108,7 +108,7 @@ def match_state_dict(model: torch.nn.Module, sd: Mapping[str, Tensor], source: s
 
 def build_empty(cfg: ModelConfig):
     """A GeoLRM with parameters on the meta device (no memory, no init cost): load with assign."""
-    from model.geolrm import GeoLRM
+    from geolrm_bench.model.geolrm import GeoLRM
 
     with torch.device("meta"):
         return GeoLRM(cfg)
@@ -134,13 +134,13 @@ def load_official(
     compat: bool = True,
     device: str | torch.device = "cpu",
 ):
-    """Load the official ``geolrm.ckpt`` into a :class:`model.geolrm.GeoLRM`.
+    """Load the official ``geolrm.ckpt`` into a :class:`geolrm_bench.model.geolrm.GeoLRM`.
 
     Args:
         path: the checkpoint (raw state_dict or ``{"state_dict": ...}``), read with
             ``torch.load(weights_only=True, map_location="cpu")``.
         config: preset name or config (shapes must match the checkpoint; ``paper`` does).
-        compat: reproduce the official forward pass (default True; see :mod:`model.config`).
+        compat: reproduce the official forward pass (default True; see :mod:`geolrm_bench.model.config`).
         device: where the model goes.
     Returns:
         The model in eval mode (BatchNorm running statistics, no dropout).

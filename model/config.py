@@ -8,7 +8,7 @@ Conventions shared by the whole model (see also docs/ARCHITECTURE.md):
 - Occupancy grid: ``grid_res``^3 voxels over [-0.5, 0.5]^3, index (X, Y, Z) with X slowest.
 
 ``compat`` selects between the paper's maths (our models, default) and the official code's
-quirks (on for the official checkpoint; see :mod:`model.checkpoint` and GEOLRM.md section 5):
+quirks (on for the official checkpoint; see :mod:`geolrm_bench.model.checkpoint` and GEOLRM.md section 5):
 
 =========================  =====================================  ==========================================
 item                       compat=False (paper maths)             compat=True (official code)

@@ -8,7 +8,7 @@ Inputs everywhere:
 - ``c2w`` ``[B, V, 4, 4]`` camera-to-world, OpenGL axes (right, up, backward);
 - ``K`` ``[B, V, 3, 3]`` normalised intrinsics (fx/W, fy/H, cx/W, cy/H).
 World frame: normalised object frame, Z-up, object in [-0.5, 0.5]^3. Occupancy grid: R^3
-voxels, index (X, Y, Z), X slowest. See :mod:`model.config` for the two modes (``compat``).
+voxels, index (X, Y, Z), X slowest. See :mod:`geolrm_bench.model.config` for the two modes (``compat``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from geolrm_bench.model.config import ModelConfig, get_config
+from geolrm_bench.model.encoder import ImageEncoder
+from geolrm_bench.model.gaussians import Gaussians
+from geolrm_bench.model.transformer import GeoTransformer
 from torch import Tensor, nn
 
 from geolrm_bench.errors import BenchError
-from model.config import ModelConfig, get_config
-from model.encoder import ImageEncoder
-from model.gaussians import Gaussians
-from model.transformer import GeoTransformer
 
 
 @dataclass
@@ -159,7 +159,8 @@ class ReconstructionNetwork(nn.Module):
 class GeoLRM(nn.Module):
     """The full model: ``GeoLRM(get_config("tiny"))``.
 
-    Official weights: :func:`model.checkpoint.load_official`; own: ``save_pretrained`` / ``from_pretrained``.
+    Official weights: :func:`geolrm_bench.model.checkpoint.load_official`; own:
+    ``save_pretrained`` / ``from_pretrained``.
     """
 
     def __init__(self, cfg: ModelConfig | str = "paper"):
@@ -309,8 +310,8 @@ class GeoLRM(nn.Module):
         background=(1.0, 1.0, 1.0),
         backend: str = "auto",
     ) -> dict[str, Tensor]:  # rgb [B,V,3,H,W], alpha [B,V,1,H,W], depth [B,V,1,H,W]
-        """Render every batch item with :func:`model.rasterize.render_gaussians`."""
-        from model.rasterize import render_gaussians
+        """Render every batch item with :func:`geolrm_bench.model.rasterize.render_gaussians`."""
+        from geolrm_bench.model.rasterize import render_gaussians
 
         outs = [render_gaussians(gaussians[b], c2w[b], K[b], height, width, background, backend)
                 for b in range(c2w.shape[0])]
@@ -319,17 +320,17 @@ class GeoLRM(nn.Module):
     # ----------------------------------------------------------------- weights
     @classmethod
     def load_official(cls, path, **kwargs) -> GeoLRM:
-        from model.checkpoint import load_official
+        from geolrm_bench.model.checkpoint import load_official
 
         return load_official(path, **kwargs)
 
     def save_pretrained(self, directory) -> None:
-        from model.checkpoint import save_pretrained
+        from geolrm_bench.model.checkpoint import save_pretrained
 
         save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory, **kwargs) -> GeoLRM:
-        from model.checkpoint import from_pretrained
+        from geolrm_bench.model.checkpoint import from_pretrained
 
         return from_pretrained(directory, **kwargs)

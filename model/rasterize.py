@@ -52,9 +52,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from geolrm_bench.model.gaussians import Gaussians
 from torch import Tensor
-
-from model.gaussians import Gaussians
 
 ALPHA_MIN = 1.0 / 255.0  # contributions below this are skipped (3DGS)
 ALPHA_MAX = 0.99  # per-Gaussian alpha clamp (3DGS / official renderer)

@@ -17,10 +17,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from geolrm_bench.model.deform_attn import DeformCrossAttention
+from geolrm_bench.model.rope3d import apply_rope3d, rope3d_angles
 from torch import Tensor, nn
-
-from model.deform_attn import DeformCrossAttention
-from model.rope3d import apply_rope3d, rope3d_angles
 
 
 class RMSNorm(nn.Module):

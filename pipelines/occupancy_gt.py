@@ -515,7 +515,7 @@ def write_report(records: list[dict], report_dir: Path, cfg: OccupancyGTConfig,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.occupancy_gt`` = ``geolrm-bench occupancy-gt``."""
+    """``python -m geolrm_bench.pipelines.occupancy_gt`` = ``geolrm-bench occupancy-gt``."""
     from geolrm_bench.cli import main as cli_main
 
     return cli_main(["occupancy-gt", *(argv or [])])

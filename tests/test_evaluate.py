@@ -150,7 +150,7 @@ def _normalised_mesh(mesh_path: Path):
 
 @pytest.mark.slow  # ~10-30 s: the CPU rasterizer renders 2 x 2500 Gaussians
 def test_predictions_gt_derived_beats_random(meshes, renders, tmp_path):
-    pytest.importorskip("model.ply")
+    pytest.importorskip("geolrm_bench.model.ply")
     good, bad = tmp_path / "good", tmp_path / "bad"
     rng = np.random.default_rng(0)
     n = 2500
@@ -243,7 +243,7 @@ def test_sweep_views_two_n(renders, tmp_path):
 
 
 def test_stale_records_are_redone(tmp_path):
-    from pipelines.evaluate import EvalConfig, finished, run_key
+    from geolrm_bench.pipelines.evaluate import EvalConfig, finished, run_key
 
     a = EvalConfig(preset="tiny", resolution=64)
     k = run_key(a, a.protocol())
@@ -263,7 +263,7 @@ def test_stale_records_are_redone(tmp_path):
 
 def test_replaced_checkpoint_changes_the_resume_key(tmp_path):
     """Records made with one checkpoint must not be reused after the file at the same path changes."""
-    from pipelines.evaluate import EvalConfig, run_key
+    from geolrm_bench.pipelines.evaluate import EvalConfig, run_key
 
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"weights v1")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from geolrm_bench.model.gaussians import Gaussians
 from PIL import Image
 
 from geolrm_bench.cli import main
 from geolrm_bench.commands.metrics import read_png_rgb
-from model.gaussians import Gaussians
 
 
 def _save_png(path, arr: np.ndarray) -> None:
@@ -103,7 +103,7 @@ def test_geometry_command_mesh_vs_mesh(tmp_path):
 
 
 def test_geometry_command_gaussian_ply(tmp_path, capsys):
-    from model.ply import save_ply
+    from geolrm_bench.model.ply import save_ply
 
     # Gaussians exactly on the GT sphere's surface samples, plus transparent outliers
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.5)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from geolrm_bench.model.gaussians import Gaussians
 
 from geolrm_bench.metrics import (
     DepthViews,
@@ -21,7 +22,6 @@ from geolrm_bench.metrics import (
     sample_surface_points,
 )
 from geolrm_bench.metrics.geometry import _nearest_distances_reference
-from model.gaussians import Gaussians
 
 
 def _grid(n: int = 5, spacing: float = 1.0) -> np.ndarray:

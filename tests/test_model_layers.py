@@ -6,14 +6,13 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import geolrm_bench.model.deform_attn as da
 import pytest
 import torch
-
-import model.deform_attn as da
-from model.deform_attn import DeformCrossAttention, _deform_attn_reference, deform_attn
-from model.encoder import interpolate_pos_encoding_tf434
-from model.rope3d import _apply_rope3d_reference, apply_rope3d, rope3d_angles
-from model.transformer import RMSNorm, SelfAttention
+from geolrm_bench.model.deform_attn import DeformCrossAttention, _deform_attn_reference, deform_attn
+from geolrm_bench.model.encoder import interpolate_pos_encoding_tf434
+from geolrm_bench.model.rope3d import _apply_rope3d_reference, apply_rope3d, rope3d_angles
+from geolrm_bench.model.transformer import RMSNorm, SelfAttention
 
 
 def _rope_scores(q, k, pos):  # [B,N,H,D] x2, [B,N,3] -> [B,H,N,N]

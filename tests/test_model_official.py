@@ -55,7 +55,7 @@ def _rel(name, ours, ref, rtol=1e-5):
 
 @pytest.mark.slow
 def test_official_forward_matches_golden(golden, tmp_path):
-    from model.checkpoint import load_official
+    from geolrm_bench.model.checkpoint import load_official
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     mod = _official_sd_module()

@@ -65,8 +65,8 @@ def _psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 @pytest.mark.slow
 def test_tiny_model_overfits_eight_views(one_thread):
-    from model.config import get_config
-    from model.geolrm import GeoLRM
+    from geolrm_bench.model.config import get_config
+    from geolrm_bench.model.geolrm import GeoLRM
 
     torch.manual_seed(0)
     images, masks, c2w, K = _box_views()

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+from geolrm_bench.model.config import PRESETS, get_config
+from geolrm_bench.model.encoder import plucker_rays
+from geolrm_bench.model.geolrm import GeoLRM
+from geolrm_bench.model.transformer import project_points
 
 from geolrm_bench import cameras
 from geolrm_bench.errors import BenchError
-from model.config import PRESETS, get_config
-from model.encoder import plucker_rays
-from model.geolrm import GeoLRM
-from model.transformer import project_points
 
 SIZE = 56
 

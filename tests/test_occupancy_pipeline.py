@@ -22,7 +22,7 @@ import trimesh
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
-from pipelines import occupancy_gt as pipe  # noqa: E402
+from geolrm_bench.pipelines import occupancy_gt as pipe  # noqa: E402
 
 R = 128
 REPO = Path(__file__).resolve().parents[1]
@@ -297,7 +297,7 @@ def test_kill_half_way_and_rerun(tmp_path):
 def test_worker_modules_do_not_import_torch():
     """Occupancy workers need only numpy: the pipeline, voxelizer and renderer must not load torch."""
     script = ("import sys\nimport geolrm_bench.occupancy, geolrm_bench.rendering, geolrm_bench.gobjaverse\n"
-              "import pipelines.occupancy_gt\n"
+              "import geolrm_bench.pipelines.occupancy_gt\n"
               "print(sorted(m for m in ('torch', 'torchvision', 'triton') if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-500:]

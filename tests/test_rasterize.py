@@ -8,10 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from geolrm_bench.model.gaussians import Gaussians
+from geolrm_bench.model.rasterize import render_gaussians
 from scipy.spatial.transform import Rotation
-
-from model.gaussians import Gaussians
-from model.rasterize import render_gaussians
 
 BG = (0.2, 0.4, 0.6)
 
@@ -50,7 +49,7 @@ def _random(n: int, seed: int, dtype=torch.float64, opacity=(0.05, 0.95), scale=
 
 
 def _orbit(dtype=torch.float64) -> torch.Tensor:  # [3, 4, 4] OpenGL cameras looking at the origin
-    from model.rasterize import look_at_opengl
+    from geolrm_bench.model.rasterize import look_at_opengl
 
     return torch.stack([look_at_opengl(e, dtype=dtype) for e in [(1.6, 0.3, 0.5), (-0.4, 1.7, -0.3),
                                                                   (0.2, -0.9, 1.4)]])
@@ -265,7 +264,7 @@ def test_bad_arguments_raise_clear_errors():
 
 
 def test_importing_the_module_does_not_import_gsplat():
-    code = "import sys, model.rasterize; print('gsplat' in sys.modules)"
+    code = "import sys, geolrm_bench.model.rasterize; print('gsplat' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
 

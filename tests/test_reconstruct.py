@@ -42,12 +42,13 @@ def _run(args: list[str]) -> int:
 
 
 def test_reconstruct_preset_tiny_writes_all_outputs(box_object, tmp_path, capsys):
+    from geolrm_bench.model.config import get_config
+    from geolrm_bench.model.geolrm import GeoLRM
+    from geolrm_bench.model.ply import load_ply
+    from geolrm_bench.model.rasterize import render_gaussians
+
     from geolrm_bench import gobjaverse
     from geolrm_bench.gobjaverse import read_png_rgba
-    from model.config import get_config
-    from model.geolrm import GeoLRM
-    from model.ply import load_ply
-    from model.rasterize import render_gaussians
 
     out = tmp_path / "rec"
     assert _run([str(box_object), "--preset", "tiny", "--out", str(out), "--device", "cpu"]) == 0
@@ -93,9 +94,9 @@ def test_reconstruct_preset_tiny_writes_all_outputs(box_object, tmp_path, capsys
 
 
 def test_reconstruct_from_saved_folder_matches_preset_and_respects_token_cap(box_object, tmp_path):
-    from model.config import get_config
-    from model.geolrm import GeoLRM
-    from model.ply import load_ply
+    from geolrm_bench.model.config import get_config
+    from geolrm_bench.model.geolrm import GeoLRM
+    from geolrm_bench.model.ply import load_ply
 
     torch.manual_seed(0)  # the same weights the CLI draws for --preset tiny --seed 0
     GeoLRM(get_config("tiny")).save_pretrained(tmp_path / "weights")

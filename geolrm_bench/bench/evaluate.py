@@ -39,7 +39,7 @@ def main() -> None:
     from tabulate import tabulate
 
     from geolrm_bench.methods import preload_torch_stack
-    from pipelines.evaluate import EvalConfig, Evaluator, method_spec, run_eval
+    from geolrm_bench.pipelines.evaluate import EvalConfig, Evaluator, method_spec, run_eval
 
     preload_torch_stack()
     quick = os.environ.get("GEOLRM_BENCH_QUICK") == "1"

@@ -50,8 +50,8 @@ def _inputs(num_views: int, device: str, size: int = IMAGE_SIZE):
 
 def model_forward_table(device: str, views=VIEWS, preset: str = "paper", warmup: bool = False) -> list[list]:
     from geolrm_bench.metrics.cost import measure_cost
-    from model.config import get_config
-    from model.geolrm import GeoLRM
+    from geolrm_bench.model.config import get_config
+    from geolrm_bench.model.geolrm import GeoLRM
 
     torch.manual_seed(0)
     model = GeoLRM(get_config(preset)).to(device).eval()
@@ -75,7 +75,7 @@ def model_forward_table(device: str, views=VIEWS, preset: str = "paper", warmup:
 
 def _random_gaussians(n: int, seed: int = 0, scale=(0.003, 0.015)):
     """Gaussians on a sphere shell of radius 0.35 (object-like density), opacity 0.3..1."""
-    from model.gaussians import Gaussians
+    from geolrm_bench.model.gaussians import Gaussians
 
     gen = torch.Generator().manual_seed(seed)
     d = torch.randn(n, 3, generator=gen)
@@ -103,7 +103,7 @@ def _time(fn, repeat: int = 1) -> float:
 
 
 def rasterizer_table() -> list[list]:
-    from model.rasterize import render_gaussians
+    from geolrm_bench.model.rasterize import render_gaussians
 
     rows = []
     c2w, K = _camera(512)
@@ -122,7 +122,7 @@ def rasterizer_table() -> list[list]:
     params = [t.clone().requires_grad_(True) for t in (g.means, g.opacities, g.scales, g.quats, g.colors)]
 
     def fwd_bwd():
-        from model.gaussians import Gaussians
+        from geolrm_bench.model.gaussians import Gaussians
 
         gg = Gaussians(*params)
         out = render_gaussians(gg, c2w, K, 512, 512)

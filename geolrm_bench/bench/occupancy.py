@@ -101,7 +101,7 @@ def _make_meshes(root: Path, n: int) -> None:
 
 
 def pipeline_rows() -> tuple[list[list], str]:
-    from pipelines import occupancy_gt as pipe
+    from geolrm_bench.pipelines import occupancy_gt as pipe
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")

@@ -2,7 +2,7 @@
 
 eval: one N (default 6, Tables 1/2); sweep-views: N = 4, 8, 12, 16, 20 (Table 3) sharing
 renders and ground truth. Both resume: finished objects (``<run>/objects/<name>.json``
-with status ok) are skipped on a rerun. See :mod:`pipelines.evaluate` and
+with status ok) are skipped on a rerun. See :mod:`geolrm_bench.pipelines.evaluate` and
 :mod:`geolrm_bench.protocol` for the protocol.
 """
 
@@ -50,7 +50,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args, **over):
-    from pipelines.evaluate import EvalConfig
+    from geolrm_bench.pipelines.evaluate import EvalConfig
 
     fields = dict(dataset=args.dataset, root=args.root, checkpoint=args.checkpoint, preset=args.preset,
                   predictions=args.predictions, method=args.method, limit=args.limit, seed=args.seed,
@@ -64,7 +64,7 @@ def _config(args, **over):
 
 
 def _eval(args) -> int:
-    from pipelines.evaluate import run_eval
+    from geolrm_bench.pipelines.evaluate import run_eval
 
     ids = parse_view_ids(args.input_view_ids, "--input-view-ids")
     cfg = _config(args, num_input_views=len(ids) if ids else args.input_views, input_views=ids)
@@ -75,7 +75,7 @@ def _eval(args) -> int:
 
 
 def _sweep(args) -> int:
-    from pipelines.evaluate import run_sweep
+    from geolrm_bench.pipelines.evaluate import run_sweep
 
     views = tuple(int(v) for v in (parse_view_ids(args.views, "--views") or SWEEP_NUM_INPUT_VIEWS))
     sweep_dir, summary, results = run_sweep(_config(args), views)

@@ -194,7 +194,7 @@ def load_shape_points(path: Path, n: int, seed: int, opacity_threshold: float = 
             pts = np.load(path, allow_pickle=False)
             return _subsample(as_points(pts, str(path)), n, seed), "points (.npy)"
         if _is_gaussian_ply(path):
-            from model.ply import load_ply
+            from geolrm_bench.model.ply import load_ply
 
             g = load_ply(path)
             return prediction_points(g, method="gaussians", n=n, seed=seed,

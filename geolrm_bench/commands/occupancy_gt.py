@@ -37,7 +37,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from pipelines.occupancy_gt import OccupancyGTConfig, run_occupancy_gt
+    from geolrm_bench.pipelines.occupancy_gt import OccupancyGTConfig, run_occupancy_gt
 
     dataset = args.dataset
     if dataset is None and args.root is None:

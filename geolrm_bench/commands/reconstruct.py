@@ -1,11 +1,12 @@
 """``geolrm-bench reconstruct OBJECT_DIR``: run GeoLRM on one GObjaverse-format object.
 
 Reads the input views (default the 4 orbit views 0, 6, 12, 18, composited on white), runs the
-model (an official ``geolrm.ckpt`` via :func:`model.checkpoint.load_official`, a folder written by
-``save_pretrained`` via ``from_pretrained``, or a preset with RANDOM weights), and writes into
+model (an official ``geolrm.ckpt`` via :func:`geolrm_bench.model.checkpoint.load_official`, a
+folder written by ``save_pretrained`` via ``from_pretrained``, or a preset with RANDOM weights),
+and writes into
 ``--out`` (default ``out/reconstruct/<object folder name>``), atomically as one folder:
 
-* ``gaussians.ply``: the Gaussians in the standard 3DGS layout (:mod:`model.ply`), in the
+* ``gaussians.ply``: the Gaussians in the standard 3DGS layout (:mod:`geolrm_bench.model.ply`), in the
   normalised object frame (Z-up, [-0.5, 0.5]^3);
 * ``occupancy.npy``: the proposal network's occupied voxels (logit > 0) BEFORE the token cap, as
   voxel indices ``[N, 3]`` (X, Y, Z) on the model's ``grid_res``^3 grid (128 for ``paper``; uint8
@@ -78,7 +79,7 @@ def load_model(checkpoint: str | None, preset: str | None, seed: int = 0) -> tup
     """
     import torch
 
-    from model.geolrm import GeoLRM
+    from geolrm_bench.model.geolrm import GeoLRM
 
     if checkpoint:
         path = Path(checkpoint)
@@ -93,7 +94,7 @@ def load_model(checkpoint: str | None, preset: str | None, seed: int = 0) -> tup
         return model.eval(), {"kind": kind, "checkpoint": str(path.resolve())}
     if preset is None:
         raise BenchError("give --checkpoint or --preset")
-    from model.config import get_config
+    from geolrm_bench.model.config import get_config
 
     torch.manual_seed(seed)
     model = GeoLRM(get_config(preset))
@@ -207,7 +208,7 @@ def render_views_to_pngs(gaussians, c2w_opengl, K_norm, views: list[int], height
     from tqdm import tqdm
 
     from geolrm_bench.gobjaverse import view_name, write_png_rgba
-    from model.rasterize import render_gaussians
+    from geolrm_bench.model.rasterize import render_gaussians
 
     out_dir.mkdir(parents=True, exist_ok=True)
     g = gaussians.to(device)
@@ -227,8 +228,8 @@ def run(args) -> int:
     import torch
 
     from geolrm_bench.io import atomic_dir, write_json_atomic
+    from geolrm_bench.model.ply import save_ply
     from geolrm_bench.protocol import parse_view_ids
-    from model.ply import save_ply
 
     object_dir = Path(args.object_dir)
     if not object_dir.is_dir():

@@ -278,7 +278,7 @@ def gaussian_points(gaussians, opacity_threshold: float = DEFAULT_OPACITY_THRESH
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Centres ``[P, 3]`` and opacities ``[P]`` of the Gaussians with opacity > threshold.
 
-    ``gaussians``: a ``model.gaussians.Gaussians`` with fields ``[N]`` or ``[1, N]``.
+    ``gaussians``: a ``geolrm_bench.model.gaussians.Gaussians`` with fields ``[N]`` or ``[1, N]``.
     """
     means, opac = _np(gaussians.means), _np(gaussians.opacities)
     if means.ndim == 3:
@@ -298,7 +298,7 @@ def prediction_points(source, method: str = "gaussians", n: int | None = DEFAULT
     """Points ``[<=n, 3]`` that stand for a prediction's surface.
 
     Methods:
-        ``"gaussians"`` (default): centres of the Gaussians (``model.gaussians.Gaussians``)
+        ``"gaussians"`` (default): centres of the Gaussians (``geolrm_bench.model.gaussians.Gaussians``)
             with opacity > ``opacity_threshold`` (default 0.05). When more than ``n``
             remain, ``n`` are taken uniformly without replacement; with
             ``weighted=True`` exactly ``n`` are drawn with replacement with probability
