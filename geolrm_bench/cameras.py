@@ -347,16 +347,18 @@ def _as_tensor(x, dtype=None) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype or torch.float32)
 
 
-def plucker_rays(c2w_opengl, K_norm, height: int, width: int,
+def plucker_rays(c2w_opengl, K_norm, height: int, width: int, compat: bool = False,
                  normalize: bool = False) -> torch.Tensor:  # [...,4,4], [...,3,3] -> [..., 6, H, W]
-    """Plücker ray embedding ``[d, o x d]`` per pixel, in the official GeoLRM form.
+    """Plücker ray embedding ``[d, o x d]`` per pixel (the model's input rays).
 
     Args:
         c2w_opengl: [..., 4, 4] camera-to-world, OpenGL axes (x right, y up, z back), Z-up world.
-        K_norm: [..., 3, 3] normalised intrinsics; only ``K[0, 0] = fx/W`` is used (official
-            behaviour): the focal ``fx * W`` pixels serves both axes and the principal point
-            is ``(W/2, H/2)``.
+        K_norm: [..., 3, 3] normalised intrinsics.
         height, width: image size in pixels.
+        compat: False (paper maths): the full ``K`` (fx, fy, cx, cy). True (official GeoLRM
+            code): only ``K[0, 0] = fx/W`` is used, the focal ``fx * W`` pixels serves both
+            axes and the principal point is ``(W/2, H/2)``. Both agree for fx = fy, square
+            images and a centred principal point.
         normalize: False (official): ``d`` is unnormalised with camera-space z = -1;
             True: ``d`` has unit length (the moment is computed from the unit ``d``).
 
@@ -364,44 +366,48 @@ def plucker_rays(c2w_opengl, K_norm, height: int, width: int,
         [..., 6, H, W] tensor (dtype of the inputs, float32 for numpy input): channels
         ``d_x, d_y, d_z`` (world direction) then ``m = o x d`` (o = camera centre).
         Pixel (row i, col j) uses its centre (j + 0.5, i + 0.5):
-        ``d_cam = ((j + 0.5 - W/2) / f, -(i + 0.5 - H/2) / f, -1)``.
+        ``d_cam = ((j + 0.5 - cx W) / (fx W), -(i + 0.5 - cy H) / (fy H), -1)``, then ``d = R d_cam``.
     """
     import torch
 
     c2w = _as_tensor(c2w_opengl)
     K = _as_tensor(K_norm, c2w.dtype).to(c2w.device)
-    focal = K[..., 0, 0] * width  # [...]
     dev, dt = c2w.device, c2w.dtype
-    j = torch.arange(width, device=dev, dtype=dt) + 0.5
-    i = torch.arange(height, device=dev, dtype=dt) + 0.5
-    jj, ii = torch.meshgrid(j, i, indexing="xy")  # [H, W]
-    f = focal[..., None, None]  # [..., 1, 1]
-    d_cam = torch.stack(torch.broadcast_tensors((jj - width / 2) / f, -(ii - height / 2) / f,
-                                                -torch.ones_like(f)), dim=-1)  # [..., H, W, 3]
-    R = c2w[..., :3, :3]  # [..., 3, 3]
-    d = torch.einsum("...ab,...hwb->...hwa", R, d_cam)  # [..., H, W, 3]
+    jj = torch.arange(width, device=dev, dtype=dt) + 0.5  # [W]
+    ii = torch.arange(height, device=dev, dtype=dt) + 0.5  # [H]
+    fx = K[..., 0, 0] * width  # [...]
+    if compat:
+        fy, cx, cy = fx, torch.full_like(fx, width / 2), torch.full_like(fx, height / 2)
+    else:
+        fy, cx, cy = K[..., 1, 1] * height, K[..., 0, 2] * width, K[..., 1, 2] * height
+    x = (jj - cx[..., None, None]) / fx[..., None, None]  # [..., 1, W]
+    y = -(ii[:, None] - cy[..., None, None]) / fy[..., None, None]  # [..., H, 1]
+    d_cam = torch.stack(torch.broadcast_tensors(x, y, -torch.ones_like(x)), -1)  # [..., H, W, 3]
+    d = torch.einsum("...ij,...hwj->...hwi", c2w[..., :3, :3], d_cam)  # [..., H, W, 3]
     if normalize:
         d = d / d.norm(dim=-1, keepdim=True)
     o = c2w[..., None, None, :3, 3].expand_as(d)
     m = torch.cross(o, d, dim=-1)
-    return torch.cat([d, m], dim=-1).movedim(-1, -3)  # [..., 6, H, W]
+    return torch.cat([d, m], -1).movedim(-1, -3).contiguous()  # [..., 6, H, W]
 
 
-def project_points(points_world, c2w_opengl, K_norm, return_depth: bool = False):
+def project_points(points_world, c2w_opengl, K_norm, return_depth: bool = False, compat: bool = False):
     """Project world points to normalised OpenCV image coordinates ``uv`` in [0, 1] (inside the image).
 
     Args:
-        points_world: [..., N, 3] points, Z-up world.
+        points_world: [..., N, 3] points, Z-up world (batch dims broadcast against the cameras').
         c2w_opengl: [..., 4, 4] camera-to-world, OpenGL axes (camera looks along -z).
         K_norm: [..., 3, 3] normalised intrinsics (fx/W, fy/H, cx/W, cy/H).
         return_depth: also return the OpenCV z-depth ``-z_cam`` ([..., N], > 0 in front).
+        compat: False (paper maths): camera point ``(x_c, y_c, z_c) = inv(c2w) [p, 1]``,
+            ``u = cx + fx * x_c / (-z_c)``, ``v = cy - fy * y_c / (-z_c)``. True (official GeoLRM
+            code): ``(x~, y~, z~) = K inv(c2w)[:3] [p, 1]``, ``uv = (x~/z~, y~/z~)``, ``u <- 1 - u``;
+            identical when cx = 0.5. No masking of points behind the camera in either.
 
     Returns:
-        uv [..., N, 2]: ``u`` right, ``v`` down, (0, 0) = top-left corner of the image,
-        ``u = cx + fx * x_c / (-z_c)``, ``v = cy - fy * y_c / (-z_c)`` with (x_c, y_c, z_c)
-        OpenGL camera coordinates. For cx = 0.5 this equals the official GeoLRM rule
-        ``uv = (P X)_xy / (P X)_z, u = 1 - u`` with ``P = K inv(c2w)[:3, :4]``. Pixel
-        ``(col, row)`` is ``(u * W, v * H)``, pixel centres at +0.5. numpy in -> numpy out.
+        uv [..., N, 2]: ``u`` right, ``v`` down, (0, 0) = top-left corner of the image. Pixel
+        ``(col, row)`` is ``(u * W, v * H)``, pixel centres at +0.5. numpy in -> numpy out
+        (float64); a tensor keeps its dtype.
     """
     import torch
 
@@ -409,12 +415,19 @@ def project_points(points_world, c2w_opengl, K_norm, return_depth: bool = False)
     p = _as_tensor(points_world, torch.float64 if is_np else None)
     c2w = _as_tensor(c2w_opengl, p.dtype).to(p.device)
     K = _as_tensor(K_norm, p.dtype).to(p.device)
-    R, t = c2w[..., :3, :3], c2w[..., :3, 3]
-    pc = torch.einsum("...ba,...nb->...na", R, p - t[..., None, :])  # R^T (p - t): [..., N, 3]
-    z = -pc[..., 2]
-    u = K[..., 0, 0, None] * pc[..., 0] / z + K[..., 0, 2, None]
-    v = -K[..., 1, 1, None] * pc[..., 1] / z + K[..., 1, 2, None]
-    uv = torch.stack([u, v], dim=-1)
+    w2c = torch.linalg.inv(c2w)  # [..., 4, 4]
+    hom = torch.cat([p, torch.ones_like(p[..., :1])], -1)  # [..., N, 4]
+    if compat:
+        q = torch.einsum("...ij,...nj->...ni", K @ w2c[..., :3, :], hom)  # [..., N, 3]
+        uv = q[..., :2] / q[..., 2:3]
+        uv = torch.stack([1.0 - uv[..., 0], uv[..., 1]], -1)
+        z = -q[..., 2]
+    else:
+        pc = torch.einsum("...ij,...nj->...ni", w2c[..., :3, :], hom)  # [..., N, 3]
+        z = -pc[..., 2]
+        u = K[..., 0, 2, None] + K[..., 0, 0, None] * pc[..., 0] / z
+        v = K[..., 1, 2, None] - K[..., 1, 1, None] * pc[..., 1] / z
+        uv = torch.stack([u, v], -1)
     if is_np:
         return (uv.numpy(), z.numpy()) if return_depth else uv.numpy()
     return (uv, z) if return_depth else uv

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geolrm_bench.cameras import intrinsics_to_pixels
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import save_npy_atomic
 
@@ -90,14 +91,6 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def pixel_intrinsics(intrinsics: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Normalised K [..., 3, 3] -> pixel K (rows 0 and 1 times W and H)."""
-    K = np.array(intrinsics, dtype=np.float64, copy=True)
-    K[..., 0, :] *= width
-    K[..., 1, :] *= height
-    return K
-
-
 def backproject_depth(depths, c2w_opencv, intrinsics) -> tuple[np.ndarray, np.ndarray]:
     """World points of every valid depth pixel, the plain per-point formula, float64.
 
@@ -110,7 +103,7 @@ def backproject_depth(depths, c2w_opencv, intrinsics) -> tuple[np.ndarray, np.nd
     """
     depths, c2w, K = _check_cameras(depths, c2w_opencv, intrinsics)
     V, H, W = depths.shape
-    Kinv = np.linalg.inv(pixel_intrinsics(K, H, W))  # [V, 3, 3]
+    Kinv = np.linalg.inv(intrinsics_to_pixels(K, H, W))  # [V, 3, 3]
     pts, views = [], []
     for i in range(V):
         d = depths[i].astype(np.float64)
@@ -179,7 +172,7 @@ def voxelize_depth(
     R = _check_resolution(resolution)
     depths, c2w, K = _check_cameras(depths, c2w_opencv, intrinsics)
     V, H, W = depths.shape
-    Kinv = np.linalg.inv(pixel_intrinsics(K, H, W))  # [V, 3, 3]
+    Kinv = np.linalg.inv(intrinsics_to_pixels(K, H, W))  # [V, 3, 3]
     # voxel coordinate (before rounding) = d * (A @ [u, v, 1]) + b
     A = R * (c2w[:, :3, :3] @ Kinv)  # [V, 3, 3]
     b = R * (c2w[:, :3, 3] + 0.5)  # [V, 3]

@@ -21,44 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from geolrm_bench.cameras import plucker_rays
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def plucker_rays(
-    c2w: Tensor,  # [N, 4, 4] OpenGL camera-to-world
-    K: Tensor,  # [N, 3, 3] normalised intrinsics
-    height: int,
-    width: int,
-    compat: bool = False,
-) -> Tensor:  # [N, 6, H, W] channels (d_x, d_y, d_z, m_x, m_y, m_z), world frame
-    """Per-pixel Plücker rays ``[d, o x d]`` with UNnormalised directions (camera z = -1).
-
-    Pixel (row i, column j) has its centre at ``(j + 0.5, i + 0.5)``. Camera-space direction
-    (OpenGL: x right, y up, looking along -z)::
-
-        paper maths: d_c = ((j + 0.5 - cx W) / (fx W), -(i + 0.5 - cy H) / (fy H), -1)
-        compat:      d_c = ((j + 0.5 - W/2) / f, -(i + 0.5 - H/2) / f, -1),  f = fx W (both axes)
-
-    Then ``d = R d_c`` (R = c2w[:3, :3]), ``o = c2w[:3, 3]``, ``m = o x d``. Both agree when
-    fx = fy, square images and a centred principal point.
-    """
-    dev = c2w.device
-    jj = torch.arange(width, device=dev, dtype=torch.float32) + 0.5
-    ii = torch.arange(height, device=dev, dtype=torch.float32) + 0.5
-    fx = K[:, 0, 0].float() * width  # [N]
-    if compat:
-        fy, cx, cy = fx, torch.full_like(fx, width / 2), torch.full_like(fx, height / 2)
-    else:
-        fy, cx, cy = K[:, 1, 1].float() * height, K[:, 0, 2].float() * width, K[:, 1, 2].float() * height
-    x = (jj[None, None, :] - cx[:, None, None]) / fx[:, None, None]  # [N, 1, W]
-    y = -(ii[None, :, None] - cy[:, None, None]) / fy[:, None, None]  # [N, H, 1]
-    d_cam = torch.stack(torch.broadcast_tensors(x, y, -torch.ones_like(x)), -1)  # [N, H, W, 3]
-    rot = c2w[:, :3, :3].float()
-    d = torch.einsum("nij,nhwj->nhwi", rot, d_cam)  # [N, H, W, 3]
-    o = c2w[:, None, None, :3, 3].float().expand_as(d)
-    m = torch.cross(o, d, dim=-1)
-    return torch.cat([d, m], -1).permute(0, 3, 1, 2).contiguous()
 
 
 def interpolate_pos_encoding_tf434(self, embeddings: Tensor, height: int, width: int) -> Tensor:
@@ -146,7 +112,8 @@ class ImageEncoder(nn.Module):
         if self.use_low_level:
             inp = x
             if self.use_plucker:
-                rays = plucker_rays(c2w.reshape(-1, 4, 4), K.reshape(-1, 3, 3), h, w, compat=self.compat)
+                rays = plucker_rays(c2w.reshape(-1, 4, 4).float(), K.reshape(-1, 3, 3).float(), h, w,
+                                    compat=self.compat)  # [BV, 6, H, W] float32
                 if intermediates is not None:
                     intermediates["plucker"] = rays
                 inp = torch.cat([x, rays.to(x.dtype)], 1)

@@ -55,13 +55,14 @@ import torch
 from geolrm_bench.model.gaussians import Gaussians
 from torch import Tensor
 
+from geolrm_bench.cameras import intrinsics_to_pixels, opengl_to_opencv
+
 ALPHA_MIN = 1.0 / 255.0  # contributions below this are skipped (3DGS)
 ALPHA_MAX = 0.99  # per-Gaussian alpha clamp (3DGS / official renderer)
 T_MIN = 1e-4  # transmittance at which compositing stops (3DGS)
 EPS2D = 0.3  # low-pass dilation of the 2D covariance, px^2 (3DGS, gsplat eps2d)
 NEAR = 0.2  # view-z culling plane of the official renderer, world units
 _POWER_MAX = 30.0  # exp(-30) ~ 1e-13: well below 1/255, still a normal float32
-_FLIP_YZ = (1.0, -1.0, -1.0, 1.0)  # OpenGL <-> OpenCV camera axes
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,14 +70,7 @@ _FLIP_YZ = (1.0, -1.0, -1.0, 1.0)  # OpenGL <-> OpenCV camera axes
 # --------------------------------------------------------------------------------------------
 def opengl_to_w2c_opencv(c2w_opengl: Tensor) -> Tensor:  # [V, 4, 4] -> [V, 4, 4]
     """World-to-camera matrices in OpenCV axes from OpenGL camera-to-world matrices."""
-    flip = torch.tensor(_FLIP_YZ, dtype=c2w_opengl.dtype, device=c2w_opengl.device)
-    return torch.linalg.inv(c2w_opengl * flip)  # right-multiplying by diag flips columns
-
-
-def pixel_intrinsics(K_norm: Tensor, height: int, width: int) -> Tensor:  # [V, 3, 3] -> [V, 3, 3]
-    """Normalised intrinsics -> pixel intrinsics (row 0 times W, row 1 times H)."""
-    scale = torch.tensor([width, height, 1.0], dtype=K_norm.dtype, device=K_norm.device)
-    return K_norm * scale[:, None]
+    return torch.linalg.inv(opengl_to_opencv(c2w_opengl))
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:  # [..., 4] (w, x, y, z) -> [..., 3, 3]
@@ -535,7 +529,7 @@ def render_gaussians(
     bg = torch.as_tensor(background, dtype=dtype, device=dev).reshape(3)
     c2w = c2w_opengl.to(dtype=dtype, device=dev)
     w2c = opengl_to_w2c_opencv(c2w)
-    K_pix = pixel_intrinsics(K_norm.to(dtype=dtype, device=dev), height, width)
+    K_pix = intrinsics_to_pixels(K_norm.to(dtype=dtype, device=dev), height, width)
     if backend == "gsplat":
         if not g.means.is_cuda:
             raise ValueError("backend 'gsplat' needs CUDA tensors; use backend='torch' on the CPU")
@@ -561,18 +555,3 @@ def render_gaussians(
         depth.append(acc[..., 3:].permute(2, 0, 1))
     return {"rgb": torch.stack(rgb), "alpha": torch.stack(alpha), "depth": torch.stack(depth)}
 
-
-def look_at_opengl(eye: Sequence[float], target: Sequence[float] = (0.0, 0.0, 0.0),
-                   up: Sequence[float] = (0.0, 0.0, 1.0), dtype=torch.float32) -> Tensor:  # [4, 4]
-    """OpenGL camera-to-world matrix of a camera at ``eye`` looking at ``target`` (Z-up world)."""
-    eye_t = torch.tensor(eye, dtype=torch.float64)
-    fwd = torch.tensor(target, dtype=torch.float64) - eye_t
-    fwd = fwd / fwd.norm()
-    right = torch.linalg.cross(fwd, torch.tensor(up, dtype=torch.float64))
-    if right.norm() < 1e-8:  # looking along up: pick any perpendicular
-        right = torch.linalg.cross(fwd, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64))
-    right = right / right.norm()
-    cam_up = torch.linalg.cross(right, fwd)
-    c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, cam_up, -fwd, eye_t
-    return c2w.to(dtype)

@@ -21,6 +21,8 @@ from geolrm_bench.model.deform_attn import DeformCrossAttention
 from geolrm_bench.model.rope3d import apply_rope3d, rope3d_angles
 from torch import Tensor, nn
 
+from geolrm_bench.cameras import project_points
+
 
 class RMSNorm(nn.Module):
     """``x * rsqrt(mean(x^2) + eps) * weight``, computed in fp32."""
@@ -120,35 +122,6 @@ class GeoTransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-def project_points(
-    xyz: Tensor,  # [B, S, 3] world points
-    c2w: Tensor,  # [B, V, 4, 4] OpenGL camera-to-world
-    K: Tensor,  # [B, V, 3, 3] normalised intrinsics
-    compat: bool = False,
-) -> Tensor:  # [B, V, S, 2] normalised OpenCV image coordinates (x right, y down, [0, 1] on the image)
-    """Project world points into every view.
-
-    Paper maths: camera point ``p_c = inv(c2w) [xyz, 1]`` (OpenGL: in front means z_c < 0),
-    ``u = cx + fx * x_c / (-z_c)``, ``v = cy - fy * y_c / (-z_c)``.
-    Compat (official): ``(x~, y~, z~) = K inv(c2w)[:3] [xyz, 1]``, ``uv = (x~/z~, y~/z~)``,
-    ``u <- 1 - u`` (identical when cx = 0.5). No masking of points behind the camera.
-    """
-    w2c = torch.linalg.inv(c2w.float())  # [B, V, 4, 4]
-    hom = torch.cat([xyz.float(), torch.ones_like(xyz[..., :1]).float()], -1)  # [B, S, 4]
-    if compat:
-        proj = K.float() @ w2c[:, :, :3, :]  # [B, V, 3, 4]
-        p = torch.einsum("bvij,bsj->bvsi", proj, hom)  # [B, V, S, 3]
-        uv = p[..., :2] / p[..., 2:3]
-        return torch.stack([1.0 - uv[..., 0], uv[..., 1]], -1)
-    pc = torch.einsum("bvij,bsj->bvsi", w2c[:, :, :3, :], hom)  # [B, V, S, 3]
-    depth = -pc[..., 2]
-    fx, fy = K[:, :, 0, 0, None].float(), K[:, :, 1, 1, None].float()
-    cx, cy = K[:, :, 0, 2, None].float(), K[:, :, 1, 2, None].float()
-    u = cx + fx * pc[..., 0] / depth
-    v = cy - fy * pc[..., 1] / depth
-    return torch.stack([u, v], -1)
-
-
 class GeoTransformer(nn.Module):
     """Stack of blocks with a learned query token and a final RMSNorm."""
 
@@ -177,7 +150,7 @@ class GeoTransformer(nn.Module):
     ) -> Tensor:  # [B, S, dim]
         b, s, _ = xyz.shape
         h = torch.cat([xyz.to(self.query_token.dtype), self.query_token.expand(b, s, -1)], -1)
-        ref_uv = project_points(xyz, c2w, K, compat=compat)  # [B, V, S, 2]
+        ref_uv = project_points(xyz[:, None].float(), c2w.float(), K.float(), compat=compat)  # [B, V, S, 2]
         if intermediates is not None:
             intermediates["ref_uv"] = ref_uv
         ref_uv = ref_uv.reshape(-1, s, 2).to(h.dtype)

@@ -141,13 +141,14 @@ def test_plucker_rays_vs_float64_loop(normalize):
     K = np.stack([cameras.intrinsics_from_fov()] * 3)
     K[1, 0, 0] = 1.1  # a different focal per view
     H, W = 5, 7
-    rays = cameras.plucker_rays(torch.from_numpy(c2w), torch.from_numpy(K), H, W, normalize=normalize)
+    rays = cameras.plucker_rays(torch.from_numpy(c2w), torch.from_numpy(K), H, W, compat=True,
+                                normalize=normalize)
     assert rays.shape == (3, 6, H, W) and rays.dtype == torch.float64
     for v in range(3):
         np.testing.assert_allclose(rays[v].numpy(), _plucker_reference(c2w[v], K[v, 0, 0], H, W, normalize),
                                    atol=1e-12)
     # float32 from numpy input, extra batch dims
-    r32 = cameras.plucker_rays(c2w[None].astype(np.float32), K[None].astype(np.float32), H, W)
+    r32 = cameras.plucker_rays(c2w[None].astype(np.float32), K[None].astype(np.float32), H, W, compat=True)
     assert r32.shape == (1, 3, 6, H, W) and r32.dtype == torch.float32
 
 

@@ -8,11 +8,10 @@ import math
 import pytest
 import torch
 from geolrm_bench.model.config import PRESETS, get_config
-from geolrm_bench.model.encoder import plucker_rays
 from geolrm_bench.model.geolrm import GeoLRM
-from geolrm_bench.model.transformer import project_points
 
 from geolrm_bench import cameras
+from geolrm_bench.cameras import plucker_rays, project_points
 from geolrm_bench.errors import BenchError
 
 SIZE = 56
@@ -221,12 +220,13 @@ def test_projection_lands_on_the_analytic_pixel():
     depth = 2.0 + pts[0, :, 1]
     u = 0.5 + 1.5 * pts[0, :, 0] / depth  # right = +x
     v = 0.45 - 1.2 * pts[0, :, 2] / depth  # up = +z, v grows downwards
-    uv = project_points(pts, c2w, K)[0, 0]
+    uv = project_points(pts[:, None], c2w, K)[0, 0]
     torch.testing.assert_close(uv, torch.stack([u, v], -1))
     # the official formula (u = 1 - u) agrees when cx = 0.5
     K2 = K.clone()
     K2[..., 1, 2] = 0.5
-    torch.testing.assert_close(project_points(pts, c2w, K2, compat=True), project_points(pts, c2w, K2))
+    torch.testing.assert_close(project_points(pts[:, None], c2w, K2, compat=True),
+                               project_points(pts[:, None], c2w, K2))
 
 
 def test_model_projection_matches_geolrm_bench_cameras(tiny):
@@ -244,7 +244,9 @@ def test_plucker_rays_official_form_and_geometry():
     c2w, K = c2w[0], K[0]
     h = w = 16
     ours = plucker_rays(c2w, K, h, w, compat=True)
-    torch.testing.assert_close(ours, cameras.plucker_rays(c2w, K, h, w), rtol=0, atol=1e-6)
+    # float32 vs float64; paper maths (full K) == official form for fx = fy, centred, square
+    torch.testing.assert_close(ours.double(), plucker_rays(c2w.double(), K.double(), h, w, compat=True),
+                               rtol=0, atol=1e-6)
     torch.testing.assert_close(plucker_rays(c2w, K, h, w), ours, rtol=0, atol=1e-6)
     # the ray of a pixel passes through a 3D point that projects onto that pixel centre
     pt = torch.tensor([[0.1, -0.2, 0.15]])

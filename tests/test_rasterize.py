@@ -12,6 +12,8 @@ from geolrm_bench.model.gaussians import Gaussians
 from geolrm_bench.model.rasterize import render_gaussians
 from scipy.spatial.transform import Rotation
 
+from geolrm_bench.cameras import look_at_c2w
+
 BG = (0.2, 0.4, 0.6)
 
 
@@ -49,10 +51,8 @@ def _random(n: int, seed: int, dtype=torch.float64, opacity=(0.05, 0.95), scale=
 
 
 def _orbit(dtype=torch.float64) -> torch.Tensor:  # [3, 4, 4] OpenGL cameras looking at the origin
-    from geolrm_bench.model.rasterize import look_at_opengl
-
-    return torch.stack([look_at_opengl(e, dtype=dtype) for e in [(1.6, 0.3, 0.5), (-0.4, 1.7, -0.3),
-                                                                  (0.2, -0.9, 1.4)]])
+    eyes = [(1.6, 0.3, 0.5), (-0.4, 1.7, -0.3), (0.2, -0.9, 1.4)]
+    return torch.stack([torch.from_numpy(look_at_c2w(e, convention="opengl")).to(dtype) for e in eyes])
 
 
 def _analytic_alpha(o: float, d2: np.ndarray) -> np.ndarray:
