@@ -4,8 +4,10 @@ Each sub-command lives in its own module that defines ``register(subparsers)``;
 it adds its parser and sets ``func`` to a function ``(args) -> int``. Modules are
 imported only when listed here, so adding a command is one line. Any
 :class:`~geolrm_bench.errors.BenchError` (or other expected failure) is printed as
-one line ``geolrm-bench <cmd>: error: <reason>`` with exit code 2 (1 for
-unexpected errors, 130 on Ctrl-C); ``--debug`` shows the traceback instead.
+one line ``geolrm-bench <cmd>: error: <reason>`` with exit code 2 (unexpected errors too, with
+a hint to rerun with ``--debug``; 130 on Ctrl-C); ``--debug`` shows the traceback instead.
+One exit-code rule for every command: 0 every object done; 1 some objects failed and the report
+naming them was written; 2 usage or fatal error.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import importlib
 import os
 import sys
 
-from geolrm_bench.errors import BenchError
+from geolrm_bench.errors import BenchError, one_line
 
 # name -> module defining register(subparsers). Order = order in --help.
 COMMAND_MODULES: list[str] = [
@@ -57,18 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"geolrm-bench {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (BenchError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (BenchError, OSError) as e:  # bad input or environment (a full disk, a folder in the way)
         if args.debug:
             raise
-        print(f"geolrm-bench {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        if isinstance(e, OSError) and e.filename is not None:  # name the path, e.g. ENOSPC, EISDIR
+            reason = f"{e.filename}: {e.strerror or type(e).__name__}"
+        else:
+            reason = one_line(e, None, typed=False)
+        print(f"geolrm-bench {args.command}: error: {reason}", file=sys.stderr)
         return 2
     except Exception as e:  # unexpected: still one line unless --debug
         if args.debug:
             raise
-        msg = " ".join(f"{type(e).__name__}: {e}".split())
-        print(f"geolrm-bench {args.command}: error: {msg} (rerun with --debug for a traceback)",
+        print(f"geolrm-bench {args.command}: error: {one_line(e, None, typed=True)} "
+              "(rerun with --debug for a traceback)",
               file=sys.stderr)
-        return 1
+        return 2  # fatal: exit 1 means "some objects failed, report written"
 
 
 if __name__ == "__main__":

@@ -13,19 +13,29 @@ class BenchError(ValueError):
     """A failure caused by bad input or environment, with a one-line message."""
 
     def __init__(self, message: str, path: str | Path | None = None):
-        message = " ".join(str(message).split())  # always one line
+        message = _squash(message)  # always one line
         if path is not None:
             message = f"{path}: {message}"
         super().__init__(message)
         self.path = None if path is None else Path(path)
 
 
-def one_line(e: BaseException, limit: int | None = 500) -> str:
-    """A one-line description of ``e`` for records and summaries.
+def _squash(text: object) -> str:
+    """``str(text)`` with every run of whitespace (newlines included) replaced by one space."""
+    return " ".join(str(text).split())
 
-    A :class:`BenchError`'s own text (it already names the file and the problem), else
-    ``Type: message``; whitespace collapsed; cut to ``limit`` characters (None: no cut).
+
+def one_line(e: BaseException, limit: int | None = 500, typed: bool | None = None) -> str:
+    """A one-line description of ``e`` for records, summaries and wrapped error messages.
+
+    ``Type: message`` when ``typed`` (default: for every exception but a :class:`BenchError`,
+    whose own text already names the file and the problem), else the message alone;
+    whitespace collapsed; an empty message gives the type name; cut to ``limit`` characters
+    (None: no cut).
     """
-    msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
-    msg = " ".join(msg.split())
+    msg = _squash(e)
+    if not msg:
+        msg = type(e).__name__
+    elif typed or (typed is None and not isinstance(e, BenchError)):
+        msg = f"{type(e).__name__}: {msg}"
     return msg if limit is None else msg[:limit]

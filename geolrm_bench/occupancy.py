@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from geolrm_bench.cameras import intrinsics_to_pixels
-from geolrm_bench.errors import BenchError
+from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.io import save_npy_atomic
 
 DEFAULT_RESOLUTION = 128
@@ -313,7 +313,7 @@ def load_pts(path: str | Path, resolution: int | None = None) -> np.ndarray:
     except FileNotFoundError:
         raise BenchError("file not found", path) from None
     except (ValueError, OSError, EOFError) as e:
-        raise BenchError(f"unreadable .npy ({' '.join(str(e).split())})", path) from None
+        raise BenchError(f"unreadable .npy ({one_line(e, None, typed=False)})", path) from None
     if arr.ndim != 2 or arr.shape[1] != 3 or not np.issubdtype(arr.dtype, np.integer):
         raise BenchError(f"expected an integer [N, 3] voxel array, got {arr.dtype} {arr.shape}", path)
     if resolution is not None:

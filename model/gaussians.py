@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from geolrm_bench.errors import BenchError
+
 
 @dataclass
 class Gaussians:
@@ -40,7 +42,7 @@ class Gaussians:
         }
         for name, (t, shape) in expect.items():
             if tuple(t.shape) != tuple(shape):
-                raise ValueError(f"Gaussians.{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+                raise BenchError(f"Gaussians.{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
 
     def __len__(self) -> int:
         return int(self.means.shape[-2])
@@ -71,7 +73,7 @@ class Gaussians:
     def select(self, mask_or_index: Tensor) -> Gaussians:
         """Keep Gaussians along the N axis of an unbatched set (``[N]`` bool mask or indices)."""
         if self.means.dim() != 2:
-            raise ValueError("select() needs an unbatched Gaussians ([N, ...] fields)")
+            raise BenchError("select() needs an unbatched Gaussians ([N, ...] fields)")
         return Gaussians(**{k: v[mask_or_index] for k, v in self.as_dict().items()})
 
     @staticmethod

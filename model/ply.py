@@ -55,7 +55,7 @@ def gaussians_to_ply_array(g: Gaussians, min_opacity: float | None = None, sh_re
         sh_rest: number of zero ``f_rest_*`` fields to add (0, or 45 for viewers expecting degree-3 SH).
     """
     if g.means.dim() != 2:
-        raise ValueError(f"save_ply needs unbatched Gaussians [N], got means {tuple(g.means.shape)}")
+        raise BenchError(f"save_ply needs unbatched Gaussians [N], got means {tuple(g.means.shape)}")
     d = {k: v.detach().to("cpu", torch.float64).numpy() for k, v in g.as_dict().items()}
     keep = np.ones(len(d["means"]), dtype=bool)
     if min_opacity is not None:

@@ -56,6 +56,7 @@ from geolrm_bench.model.gaussians import Gaussians
 from torch import Tensor
 
 from geolrm_bench.cameras import intrinsics_to_pixels, opengl_to_opencv
+from geolrm_bench.errors import BenchError
 
 ALPHA_MIN = 1.0 / 255.0  # contributions below this are skipped (3DGS)
 ALPHA_MAX = 0.99  # per-Gaussian alpha clamp (3DGS / official renderer)
@@ -457,7 +458,7 @@ def _render_gsplat(
     try:
         import gsplat  # lazy: needs CUDA at call time only
     except ImportError as e:  # pragma: no cover - gsplat is a dependency
-        raise RuntimeError(f"backend 'gsplat' needs the gsplat package ({e})") from e
+        raise BenchError(f"backend 'gsplat' needs the gsplat package ({e})") from e
     V = w2c.shape[0]
     colors, alphas, _ = gsplat.rasterization(
         means=g.means, quats=g.quats, scales=g.scales, opacities=g.opacities, colors=g.colors,
@@ -515,16 +516,16 @@ def render_gaussians(
                                  near, tile, budget, method, pair_budget) for b in range(g.means.shape[0])]
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
     if c2w_opengl.dim() != 3 or c2w_opengl.shape[-2:] != (4, 4):
-        raise ValueError(f"c2w_opengl must be [V, 4, 4], got {tuple(c2w_opengl.shape)}")
+        raise BenchError(f"c2w_opengl must be [V, 4, 4], got {tuple(c2w_opengl.shape)}")
     if K_norm.shape != (c2w_opengl.shape[0], 3, 3):
-        raise ValueError(f"K_norm must be [V, 3, 3] with V = {c2w_opengl.shape[0]}, "
+        raise BenchError(f"K_norm must be [V, 3, 3] with V = {c2w_opengl.shape[0]}, "
                          f"got {tuple(K_norm.shape)}")
     if backend == "auto":
         backend = "gsplat" if g.means.is_cuda else "torch"
     if method not in ("auto", "tiles", "pairs"):
-        raise ValueError(f"unknown torch rasterizer method {method!r} (auto, tiles, pairs)")
+        raise BenchError(f"unknown torch rasterizer method {method!r} (auto, tiles, pairs)")
     if backend not in ("torch", "reference", "gsplat"):
-        raise ValueError(f"unknown rasterizer backend {backend!r} (auto, torch, reference, gsplat)")
+        raise BenchError(f"unknown rasterizer backend {backend!r} (auto, torch, reference, gsplat)")
     dtype, dev = g.means.dtype, g.means.device
     bg = torch.as_tensor(background, dtype=dtype, device=dev).reshape(3)
     c2w = c2w_opengl.to(dtype=dtype, device=dev)
@@ -532,7 +533,7 @@ def render_gaussians(
     K_pix = intrinsics_to_pixels(K_norm.to(dtype=dtype, device=dev), height, width)
     if backend == "gsplat":
         if not g.means.is_cuda:
-            raise ValueError("backend 'gsplat' needs CUDA tensors; use backend='torch' on the CPU")
+            raise BenchError("backend 'gsplat' needs CUDA tensors; use backend='torch' on the CPU")
         return _render_gsplat(g, w2c, K_pix, height, width, bg, near)
 
     proj = project_gaussians(g, w2c, K_pix, height, width, near=near)

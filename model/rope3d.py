@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from geolrm_bench.errors import BenchError
+
 
 def rope3d_angles(positions: Tensor, head_dim: int, theta: float = 10000.0,
                   dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
@@ -30,7 +32,7 @@ def rope3d_angles(positions: Tensor, head_dim: int, theta: float = 10000.0,
         ``(cos, sin)``, each ``[B, N, 3, Q]`` with Q = D / 6.
     """
     if head_dim % 6:
-        raise ValueError(f"RoPE-3D needs a head dim divisible by 6, got {head_dim}")
+        raise BenchError(f"RoPE-3D needs a head dim divisible by 6, got {head_dim}")
     q = head_dim // 6
     inv_freq = theta ** (-torch.arange(q, dtype=torch.float64, device=positions.device) / q)  # [Q]
     angles = positions.to(torch.float64)[..., None] * inv_freq  # [B, N, 3, Q]

@@ -222,10 +222,7 @@ def process_item(item: WorkItem, out: str | Path, resolution: int, render_resolu
             source=str(item.rendered_dir or getattr(item.ref, "path", "")),
         )
     except Exception as e:  # one object's failure must not stop the others
-        msg = " ".join(str(e).split()) or type(e).__name__
-        if not isinstance(e, BenchError | FileNotFoundError):
-            msg = f"{type(e).__name__}: {msg}"
-        rec["error"] = msg
+        rec["error"] = one_line(e, None, typed=not isinstance(e, BenchError | FileNotFoundError))
     rec["seconds"] = round(time.perf_counter() - t0, 4)
     rec["cpu_seconds"] = round(time.process_time() - c0, 4)  # all threads of the worker process
     rec["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)

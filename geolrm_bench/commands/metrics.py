@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geolrm_bench.errors import BenchError
+from geolrm_bench.errors import BenchError, one_line
 
 
 def register(subparsers) -> None:
@@ -74,7 +74,7 @@ def read_png_rgb(path: Path, background: tuple[float, float, float] = (1.0, 1.0,
     except FileNotFoundError:
         raise BenchError("file not found", path) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise BenchError(f"unreadable image ({' '.join(str(e).split())})", path) from None
+        raise BenchError(f"unreadable image ({one_line(e, None, typed=False)})", path) from None
     a = rgba[..., 3:]
     rgb = rgba[..., :3] * a + np.asarray(background) * (1.0 - a)
     return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32).clip(0, 1)
@@ -219,9 +219,9 @@ def load_shape_points(path: Path, n: int, seed: int, opacity_threshold: float = 
     except BenchError:
         raise
     except ValueError as e:
-        raise BenchError(f"{role}: {' '.join(str(e).split())}", path) from None
+        raise BenchError(f"{role}: {one_line(e, None, typed=False)}", path) from None
     except Exception as e:  # trimesh / numpy loaders raise many types on bad files
-        raise BenchError(f"{role}: unreadable shape ({type(e).__name__}: {' '.join(str(e).split())})",
+        raise BenchError(f"{role}: unreadable shape ({one_line(e, None, typed=True)})",
                          path) from None
 
 
