@@ -165,7 +165,7 @@ def voxelize_depth(
     each pixel costs an add, a mask gather and a few multiply-adds; float64 throughout.
     Accepts numpy arrays or torch tensors.
 
-    :func:`_voxelize_depth_reference` is the plain version; the outputs are identical
+    :func:`geolrm_bench._reference.voxelize_depth` is the plain version; the outputs are identical
     except, in principle, for a point within ~1e-12 voxel of a rounding boundary, where the
     two float64 evaluation orders could round differently (the tests check equality).
     """
@@ -206,14 +206,6 @@ def voxelize_depth(
                 lin += c
         grid[lin.astype(np.intp)] = True
     return _flat_to_indices(np.flatnonzero(grid), R)
-
-
-def _voxelize_depth_reference(depths, c2w_opencv, intrinsics, resolution: int = DEFAULT_RESOLUTION):
-    """Plain reference of :func:`voxelize_depth`: back-project, round, ``np.unique(axis=0)``."""
-    R = _check_resolution(resolution)
-    points, _ = backproject_depth(depths, c2w_opencv, intrinsics)
-    idx = points_to_voxels(points, R)
-    return np.unique(idx, axis=0).astype(index_dtype(R))
 
 
 # ----------------------------------------------------------------------------------------

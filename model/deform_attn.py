@@ -13,7 +13,7 @@ Two implementations of the core sampling, tested equal (values and gradients):
 
 - :func:`deform_attn` (fast, used for inference and training): heads folded into the batch,
   one ``grid_sample`` per level, query chunks to bound memory;
-- :func:`_deform_attn_reference`: a plain loop over views, heads, levels and points.
+- :func:`geolrm_bench._reference.deform_attn`: a plain loop over views, heads, levels and points.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from geolrm_bench import _reference
 
 # Bound on the elements of one sampled block [BV*H, Dh, S_chunk, P] (about 256 MB in fp32).
 _MAX_SAMPLED_ELEMENTS = 64 * 1024 * 1024
@@ -61,33 +63,6 @@ def deform_attn(
         outs.append(acc)
     out = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # [BV*H, Dh, S]
     return out.reshape(bv, heads * dh, s).transpose(1, 2)
-
-
-def _deform_attn_reference(
-    value: Tensor,  # [BV, L, H, Dh]
-    spatial_shapes: list[tuple[int, int]],
-    sampling_locations: Tensor,  # [BV, S, H, nL, P, 2]
-    attention_weights: Tensor,  # [BV, S, H, nL, P]
-) -> Tensor:  # [BV, S, H * Dh]
-    """Plain reference: one ``grid_sample`` per (view, head, level, point)."""
-    bv, _, heads, dh = value.shape
-    s = sampling_locations.shape[1]
-    sizes = [h * w for h, w in spatial_shapes]
-    out = value.new_zeros(bv, s, heads, dh)
-    for b in range(bv):
-        for hd in range(heads):
-            start = 0
-            for lvl, (h, w) in enumerate(spatial_shapes):
-                vmap = value[b, start:start + sizes[lvl], hd].t().reshape(1, dh, h, w)
-                start += sizes[lvl]
-                for p in range(sampling_locations.shape[4]):
-                    loc = sampling_locations[b, :, hd, lvl, p]  # [S, 2]
-                    grid = (2.0 * loc - 1.0).reshape(1, s, 1, 2)
-                    samp = F.grid_sample(vmap, grid, mode="bilinear", padding_mode="zeros",
-                                         align_corners=False)
-                    weight = attention_weights[b, :, hd, lvl, p, None]  # [S, 1]
-                    out[b, :, hd] = out[b, :, hd] + samp.reshape(dh, s).t() * weight
-    return out.reshape(bv, s, heads * dh)
 
 
 class DeformableAttention(nn.Module):
@@ -135,7 +110,7 @@ class DeformableAttention(nn.Module):
     ) -> Tensor:  # [B*V, S, dim]
         """Fast path: offsets and weights are computed once per token and shared by the views
         (the query does not depend on the view). ``reference``: the query is repeated per view
-        first (as the official code does) and sampled with :func:`_deform_attn_reference`."""
+        first (as the official code does) and sampled with :func:`geolrm_bench._reference.deform_attn`."""
         b, s, d = query.shape
         bv = value.shape[0]
         views = bv // b
@@ -155,7 +130,7 @@ class DeformableAttention(nn.Module):
             norm = torch.tensor([[w, hh] for hh, w in spatial_shapes], dtype=query.dtype, device=query.device)
             loc = loc + per_view(off / norm[None, None, None, :, None, :])
         w = self.attention_weights(query).reshape(-1, s, h, lv * p).softmax(-1).reshape(-1, s, h, lv, p)
-        fn = _deform_attn_reference if reference else deform_attn
+        fn = _reference.deform_attn if reference else deform_attn
         return fn(v, spatial_shapes, loc, per_view(w))
 
 

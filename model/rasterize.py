@@ -31,8 +31,9 @@ touched by a 3-sigma square, so pixels between 3 and 3.33 sigma may differ by al
 
 Four implementations (the first three are pure PyTorch and give the same result):
 
-* ``_rasterize_reference``: every Gaussian against every pixel, stable sort by depth, cumulative
-  products. Obviously correct, O(N H W) memory: small cases and tests only.
+* ``geolrm_bench._reference.rasterize`` (``backend="reference"``): every Gaussian against every
+  pixel, stable sort by depth, cumulative products. Obviously correct, O(N H W) memory: small
+  cases and tests only.
 * ``_rasterize_torch``: the same maths, tiled (16x16 px tiles), per-tile depth-sorted lists padded
   into ``[tiles, K, pixels]`` blocks processed in bounded chunks with the transmittance carried
   between chunks, early exit when every pixel of a chunk has terminated. Pure autograd, so it is
@@ -55,6 +56,7 @@ import torch
 from geolrm_bench.model.gaussians import Gaussians
 from torch import Tensor
 
+from geolrm_bench import _reference
 from geolrm_bench.cameras import intrinsics_to_pixels, opengl_to_opencv
 from geolrm_bench.errors import BenchError
 
@@ -179,47 +181,6 @@ def _gaussian_alpha(
     return torch.where(alpha >= ALPHA_MIN, alpha, torch.zeros_like(alpha))
 
 
-def _pixel_centres(height: int, width: int, dtype, device) -> tuple[Tensor, Tensor]:  # [H*W] x2
-    v, u = torch.meshgrid(torch.arange(height, dtype=dtype, device=device) + 0.5,
-                          torch.arange(width, dtype=dtype, device=device) + 0.5, indexing="ij")
-    return u.reshape(-1), v.reshape(-1)
-
-
-# --------------------------------------------------------------------------------------------
-# reference rasterizer (no tiles)
-# --------------------------------------------------------------------------------------------
-def _rasterize_reference(
-    means2d: Tensor,  # [N, 2]
-    conics: Tensor,  # [N, 3]
-    opacities: Tensor,  # [N]
-    feats: Tensor,  # [N, C]
-    depths: Tensor,  # [N]
-    valid: Tensor,  # [N]
-    height: int,
-    width: int,
-) -> tuple[Tensor, Tensor]:  # [H, W, C] accumulated features, [H, W] final transmittance
-    """Plain rasterizer of one view: every Gaussian against every pixel.
-
-    Gaussians are stable-sorted by view depth; ``T_i = prod_{j<i} (1 - a_j)``; a Gaussian is
-    composited while ``T_i (1 - a_i) >= 1e-4`` (3DGS early stop: neither it nor any later one
-    is added once that fails). Returns ``sum_i f_i a_i T_i`` and the final transmittance.
-    """
-    idx = torch.nonzero(valid, as_tuple=False).squeeze(1)
-    idx = idx[torch.argsort(depths[idx], stable=True)]
-    u, v = _pixel_centres(height, width, means2d.dtype, means2d.device)  # [P]
-    dx = u[None] - means2d[idx, 0, None]  # [n, P]
-    dy = v[None] - means2d[idx, 1, None]
-    alpha = _gaussian_alpha(dx, dy, conics[idx], opacities[idx])  # [n, P]
-    T_after = torch.cumprod(1.0 - alpha, dim=0)  # [n, P]
-    keep = (T_after >= T_MIN).to(alpha.dtype).detach()  # prefix-closed (T_after only decreases)
-    alpha = alpha * keep
-    T_before = torch.cumprod(torch.cat([torch.ones_like(alpha[:1]), 1.0 - alpha[:-1]], 0), dim=0)
-    weights = alpha * T_before  # [n, P]
-    acc = weights.transpose(0, 1) @ feats[idx]  # [P, C]
-    T_final = torch.prod(1.0 - alpha, dim=0)  # [P]
-    return acc.reshape(height, width, -1), T_final.reshape(height, width)
-
-
 # --------------------------------------------------------------------------------------------
 # tiled rasterizer
 # --------------------------------------------------------------------------------------------
@@ -308,7 +269,7 @@ def _rasterize_torch(
     k_step: int = 64,
     budget: int = 1 << 22,
 ) -> tuple[Tensor, Tensor]:  # [H, W, C] accumulated features, [H, W] final transmittance
-    """Tiled version of :func:`_rasterize_reference` (same maths, same result).
+    """Tiled version of :func:`geolrm_bench._reference.rasterize` (same maths, same result).
 
     Non-empty tiles are sorted by list length and taken in chunks; each chunk's depth-sorted lists
     are padded with a null Gaussian (opacity 0) and processed ``k_step`` entries at a time as
@@ -409,8 +370,8 @@ def _rasterize_pairs(
     height: int,
     width: int,
 ) -> tuple[Tensor, Tensor]:  # [H, W, C] accumulated features, [H, W] final transmittance
-    """Sparse version of :func:`_rasterize_reference` (same maths): all (Gaussian, pixel) pairs
-    with the pixel inside the Gaussian's alpha >= 1/255 box, sorted by (pixel, depth); the
+    """Sparse version of :func:`geolrm_bench._reference.rasterize` (same maths): all (Gaussian, pixel)
+    pairs with the pixel inside the Gaussian's alpha >= 1/255 box, sorted by (pixel, depth); the
     per-pixel exclusive products ``T_i`` are segmented sums of ``log(1 - a)`` (float64), and the
     results are scattered with ``index_add``. Memory and time O(pairs): fastest for small splats
     (low resolution, training); the tiled path is used for large scenes (early termination).
@@ -542,7 +503,7 @@ def render_gaussians(
     for i in range(w2c.shape[0]):
         args = (proj.means2d[i], proj.conics[i], proj.opacities, feats[i], proj.depths[i], proj.valid[i])
         if backend == "reference":
-            acc, T = _rasterize_reference(*args, height, width)
+            acc, T = _reference.rasterize(*args, height, width)
         else:
             use_pairs = method == "pairs" or (
                 method == "auto"

@@ -56,19 +56,3 @@ def apply_rope3d(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     s = sin[:, :, None].to(x.dtype)
     out = torch.stack((u * c - v * s, v * c + u * s), dim=-2)  # [B, N, H, 3, 2, Q]
     return out.reshape(b, n, h, d)
-
-
-def _apply_rope3d_reference(x: Tensor, positions: Tensor, theta: float = 10000.0) -> Tensor:
-    """Plain per-pair loop of the same rotation (for tests)."""
-    out = x.clone()
-    d = x.shape[-1]
-    q = d // 6
-    for axis in range(3):
-        pos = positions[..., axis].to(x.dtype)[:, :, None]  # [B, N, 1]
-        for r in range(q):
-            i, j = 2 * q * axis + r, 2 * q * axis + q + r
-            a = pos * theta ** (-r / q)
-            u, v = x[..., i], x[..., j]
-            out[..., i] = u * torch.cos(a) - v * torch.sin(a)
-            out[..., j] = v * torch.cos(a) + u * torch.sin(a)
-    return out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from geolrm_bench import cameras
+from geolrm_bench import _reference, cameras
 from geolrm_bench.errors import BenchError
 
 
@@ -120,21 +120,6 @@ def test_camera_json_malformed_names_file(tmp_path, content):
         cameras.read_camera_json(p)
 
 
-def _plucker_reference(c2w_gl, fx_norm, H, W, normalize=False):
-    """Per-pixel float64 loop: the official formula written out."""
-    f = fx_norm * W
-    out = np.zeros((6, H, W))
-    R, o = c2w_gl[:3, :3], c2w_gl[:3, 3]
-    for i in range(H):
-        for j in range(W):
-            d = R @ np.array([(j + 0.5 - W / 2) / f, -(i + 0.5 - H / 2) / f, -1.0])
-            if normalize:
-                d = d / np.linalg.norm(d)
-            out[:3, i, j] = d
-            out[3:, i, j] = np.cross(o, d)
-    return out
-
-
 @pytest.mark.parametrize("normalize", [False, True])
 def test_plucker_rays_vs_float64_loop(normalize):
     c2w = cameras.gobjaverse_c2w([3, 25, 30], convention="opengl")
@@ -145,8 +130,8 @@ def test_plucker_rays_vs_float64_loop(normalize):
                                 normalize=normalize)
     assert rays.shape == (3, 6, H, W) and rays.dtype == torch.float64
     for v in range(3):
-        np.testing.assert_allclose(rays[v].numpy(), _plucker_reference(c2w[v], K[v, 0, 0], H, W, normalize),
-                                   atol=1e-12)
+        ref = _reference.plucker_rays(c2w[v], K[v, 0, 0], H, W, normalize)
+        np.testing.assert_allclose(rays[v].numpy(), ref, atol=1e-12)
     # float32 from numpy input, extra batch dims
     r32 = cameras.plucker_rays(c2w[None].astype(np.float32), K[None].astype(np.float32), H, W, compat=True)
     assert r32.shape == (1, 3, 6, H, W) and r32.dtype == torch.float32

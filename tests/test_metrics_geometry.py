@@ -10,6 +10,8 @@ import torch
 import trimesh
 from geolrm_bench.model.gaussians import Gaussians
 
+from geolrm_bench import _reference
+from geolrm_bench.cameras import look_at_c2w
 from geolrm_bench.metrics import (
     DepthViews,
     chamfer_distance,
@@ -21,7 +23,6 @@ from geolrm_bench.metrics import (
     prediction_points,
     sample_surface_points,
 )
-from geolrm_bench.metrics.geometry import _nearest_distances_reference
 
 
 def _grid(n: int = 5, spacing: float = 1.0) -> np.ndarray:
@@ -73,7 +74,7 @@ def test_identical_sets_give_zero_and_one():
 def test_kdtree_matches_brute_force_and_accepts_torch():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(700, 3)), rng.normal(size=(400, 3))
-    np.testing.assert_allclose(nearest_distances(a, b), _nearest_distances_reference(a, b), rtol=1e-12)
+    np.testing.assert_allclose(nearest_distances(a, b), _reference.nearest_distances(a, b), rtol=1e-12)
     assert chamfer_distance(torch.from_numpy(a).float(), b) == pytest.approx(chamfer_distance(a, b), rel=1e-6)
 
 
@@ -155,24 +156,13 @@ def test_prediction_points_from_mesh():
     np.testing.assert_array_equal(pts, sample_surface_points(sphere, 500, seed=2))
 
 
-def _look_at_c2w_opencv(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
-    fwd = (target - eye) / np.linalg.norm(target - eye)
-    right = np.cross(fwd, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(fwd, right)
-    c2w = np.eye(4)
-    c2w[:3, :3] = np.stack([right, down, fwd], axis=1)
-    c2w[:3, 3] = eye
-    return c2w
-
-
 def test_depth_back_projection_of_a_plane():
     # Camera at (2, 0, 0) looking at the origin (-x forward); a plane x = 0 is at
     # z-depth 2 everywhere. Camera right = forward x up = (-x) x z = +y, down = -z, so
     # by hand: world y = (u - 0.5)/fx * 2 and world z = -(v - 0.5)/fy * 2.
     H, W, f = 4, 6, 0.8
     K = np.array([[f, 0, 0.5], [0, f, 0.5], [0, 0, 1.0]])
-    c2w = _look_at_c2w_opencv(np.array([2.0, 0, 0]), np.zeros(3))
+    c2w = look_at_c2w([2.0, 0, 0])  # OpenCV axes, Z-up
     depth = np.full((1, H, W), 2.0)
     alpha = np.ones((1, H, W))
     alpha[0, 0, 0] = 0.0  # masked out

@@ -9,10 +9,12 @@ from types import SimpleNamespace
 import geolrm_bench.model.deform_attn as da
 import pytest
 import torch
-from geolrm_bench.model.deform_attn import DeformCrossAttention, _deform_attn_reference, deform_attn
+from geolrm_bench.model.deform_attn import DeformCrossAttention, deform_attn
 from geolrm_bench.model.encoder import interpolate_pos_encoding_tf434
-from geolrm_bench.model.rope3d import _apply_rope3d_reference, apply_rope3d, rope3d_angles
+from geolrm_bench.model.rope3d import apply_rope3d, rope3d_angles
 from geolrm_bench.model.transformer import RMSNorm, SelfAttention
+
+from geolrm_bench import _reference
 
 
 def _rope_scores(q, k, pos):  # [B,N,H,D] x2, [B,N,3] -> [B,H,N,N]
@@ -26,7 +28,7 @@ def test_rope3d_matches_plain_pair_loop():
     x = torch.randn(2, 5, 3, 24, generator=g, dtype=torch.float64)
     pos = torch.randint(0, 128, (2, 5, 3), generator=g)
     cos, sin = rope3d_angles(pos, 24, dtype=torch.float64)
-    torch.testing.assert_close(apply_rope3d(x, cos, sin), _apply_rope3d_reference(x, pos), rtol=0, atol=1e-12)
+    torch.testing.assert_close(apply_rope3d(x, cos, sin), _reference.apply_rope3d(x, pos), rtol=0, atol=1e-12)
     # a rotation: norms of every (r, r + Q) pair are kept
     torch.testing.assert_close(apply_rope3d(x, cos, sin).norm(dim=-1), x.norm(dim=-1), rtol=0, atol=1e-12)
 
@@ -91,8 +93,8 @@ def test_token_self_attention_with_rope_equals_float64_softmax():
     mask[1, 5:] = False
     rope = rope3d_angles(pos, d, dtype=torch.float64)
     ours = attn(x, rope=rope, key_mask=mask)
-    q = _apply_rope3d_reference((x @ attn.wq.weight.T).view(b, s, h, d), pos)
-    k = _apply_rope3d_reference((x @ attn.wk.weight.T).view(b, s, h, d), pos)
+    q = _reference.apply_rope3d((x @ attn.wq.weight.T).view(b, s, h, d), pos)
+    k = _reference.apply_rope3d((x @ attn.wk.weight.T).view(b, s, h, d), pos)
     v = (x @ attn.wv.weight.T).view(b, s, h, d)
     scores = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(d)
     scores = scores.masked_fill(~mask[:, None, None, :], -math.inf)
@@ -133,7 +135,7 @@ def test_deform_attn_fast_equals_reference_values_and_gradients(bv, s, h, dh, sh
     leaves = [t.clone().requires_grad_(True) for t in (value, loc, w)]
     fast = deform_attn(leaves[0], shapes, leaves[1], leaves[2])
     ref_leaves = [t.clone().requires_grad_(True) for t in (value, loc, w)]
-    ref = _deform_attn_reference(ref_leaves[0], shapes, ref_leaves[1], ref_leaves[2])
+    ref = _reference.deform_attn(ref_leaves[0], shapes, ref_leaves[1], ref_leaves[2])
     torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
     up = torch.randn_like(fast)
     g_fast = torch.autograd.grad(fast, leaves, up)

@@ -12,26 +12,15 @@ import numpy as np
 import pytest
 import trimesh
 
+from geolrm_bench import _reference
 from geolrm_bench import occupancy as occ
+from geolrm_bench.cameras import look_at_c2w
 from geolrm_bench.errors import BenchError
 
 FX_NORM = 1.0 / (2.0 * np.tan(np.deg2rad(39.6) / 2.0))  # about 1.3889
 
 
 # ---------------------------------------------------------------- test-local cameras / ray casting
-
-def _look_at_opencv(eye: np.ndarray) -> np.ndarray:
-    """c2w [4, 4], OpenCV axes (right, down, forward), looking at the origin, world Z-up."""
-    eye = np.asarray(eye, dtype=np.float64)
-    f = -eye / np.linalg.norm(eye)
-    up = np.array([0.0, 0.0, 1.0]) if abs(f[2]) < 0.999 else np.array([0.0, 1.0, 0.0])
-    r = np.cross(f, up)
-    r /= np.linalg.norm(r)
-    d = np.cross(f, r)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = r, d, f, eye
-    return c2w
-
 
 def _layout_cameras() -> np.ndarray:
     """40 cameras in the GObjaverse pattern (orbit, top, bottom, ring), [40, 4, 4]."""
@@ -49,7 +38,7 @@ def _layout_cameras() -> np.ndarray:
     for i in range(12):
         eyes.append(sph(-5 + 10 * i / 11, 30 * i, 1.9547))
     eyes.append(eyes[27])
-    return np.stack([_look_at_opencv(e) for e in eyes])
+    return np.stack([look_at_c2w(e) for e in eyes])
 
 
 def _intrinsics(V: int) -> np.ndarray:
@@ -229,7 +218,7 @@ def test_single_pixel_by_hand():
 def _random_scene(rng, V, H, W):
     eyes = rng.normal(size=(V, 3))
     eyes *= rng.uniform(1.2, 2.0, size=(V, 1)) / np.linalg.norm(eyes, axis=1, keepdims=True)
-    c2w = np.stack([_look_at_opencv(e) for e in eyes])
+    c2w = np.stack([look_at_c2w(e) for e in eyes])
     K = np.repeat(np.array([[rng.uniform(0.8, 1.6), 0.0, rng.uniform(0.4, 0.6)],
                             [0.0, rng.uniform(0.8, 1.6), rng.uniform(0.4, 0.6)],
                             [0, 0, 1]])[None], V, 0)
@@ -246,7 +235,7 @@ def test_fast_equals_reference(R, V, H, W):
     rng = np.random.default_rng(R + V)
     depth, c2w, K = _random_scene(rng, V, H, W)
     fast = occ.voxelize_depth(depth, c2w, K, resolution=R)
-    ref = occ._voxelize_depth_reference(depth, c2w, K, resolution=R)
+    ref = _reference.voxelize_depth(depth, c2w, K, resolution=R)
     assert fast.dtype == ref.dtype == (np.uint8 if R <= 256 else np.uint16)
     assert fast.shape[1] == 3 and len(fast) > 0
     np.testing.assert_array_equal(fast, ref)
@@ -262,7 +251,7 @@ def test_fast_equals_reference_on_sphere_and_torch_input():
     depth = _raycast_sphere(c2w, K, 128, 128, radius=0.37)
     fast = occ.voxelize_depth(torch.from_numpy(depth[:, None].astype(np.float32)),
                               torch.from_numpy(c2w), torch.from_numpy(K), 128)
-    ref = occ._voxelize_depth_reference(depth.astype(np.float32), c2w, K, 128)
+    ref = _reference.voxelize_depth(depth.astype(np.float32), c2w, K, 128)
     np.testing.assert_array_equal(fast, ref)
 
 
@@ -394,4 +383,4 @@ def test_rendered_object_voxels_match_mesh_surface(tmp_path, shape, px, R):
     assert iou >= 0.98 and strict >= 0.95, (strict, iou)
     # the same voxels as the plain reference on the same cleaned depth
     depths, c2w, K = occ.read_object_depths(obj)
-    np.testing.assert_array_equal(res.indices, occ._voxelize_depth_reference(depths, c2w, K, R))
+    np.testing.assert_array_equal(res.indices, _reference.voxelize_depth(depths, c2w, K, R))

@@ -4,7 +4,7 @@
    sphere and of a 1 x 0.6 x 0.4 box, ray-cast analytically through the GObjaverse
    cameras): :func:`geolrm_bench.occupancy.voxelize_depth` (back-projection included)
    against the baseline, the same back-projection followed by ``numpy.unique(axis=0)`` on
-   the rounded points (``_voxelize_depth_reference``), measured in the same run.
+   the rounded points (``geolrm_bench._reference.voxelize_depth``), measured in the same run.
    Goals: < 0.1 s per object, >= 30x the baseline.
 2. The pipeline on Ray: objects per minute with 1 and with 2 workers (goal: 2 workers
    >= 1.8x of 1) on a few small meshes rendered at 256 px, workers warmed up first, and
@@ -71,6 +71,7 @@ def synthetic_depth(shape: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def voxelization_rows() -> list[list]:
+    from geolrm_bench import _reference
     from geolrm_bench import occupancy as occ
 
     rows = []
@@ -79,7 +80,7 @@ def voxelization_rows() -> list[list]:
         valid = int((depth > 0).sum())
         for R in (128, 256):
             t_fast, c_fast, fast = best_of(lambda: occ.voxelize_depth(depth, c2w, K, R))  # noqa: B023
-            t_ref, c_ref, ref = best_of(lambda: occ._voxelize_depth_reference(depth, c2w, K, R), 1)  # noqa: B023
+            t_ref, c_ref, ref = best_of(lambda: _reference.voxelize_depth(depth, c2w, K, R), 1)  # noqa: B023
             same = "yes" if np.array_equal(fast, ref) else "NO"
             rows.append([shape, R, f"{valid / 1e6:.2f}", len(fast), f"{t_fast:.3f}", f"{c_fast:.3f}",
                          f"{t_ref:.2f}", f"{c_ref:.2f}", f"{c_ref / c_fast:.0f}x", same,

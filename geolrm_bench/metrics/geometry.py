@@ -7,7 +7,7 @@ align or rescale anything; :func:`geometry_metrics` records the frame the caller
 names under the key ``frame``.
 
 Distances are Euclidean, in the frame's units. Nearest neighbours come from
-``scipy.spatial.cKDTree`` (``workers=-1``); ``_nearest_distances_reference`` is
+``scipy.spatial.cKDTree`` (``workers=-1``); ``geolrm_bench._reference.nearest_distances`` is
 the brute-force float64 version the tests compare against.
 """
 
@@ -108,17 +108,6 @@ def nearest_distances(query, reference) -> np.ndarray:
     r = as_points(reference, "reference")
     d, _ = cKDTree(r).query(q, k=1, workers=-1)
     return d
-
-
-def _nearest_distances_reference(query, reference, chunk: int = 256) -> np.ndarray:
-    """Brute-force float64 nearest distances (reference for tests)."""
-    q = as_points(query, "query")
-    r = as_points(reference, "reference")
-    out = np.empty(len(q))
-    for i in range(0, len(q), chunk):
-        diff = q[i:i + chunk, None, :] - r[None, :, :]
-        out[i:i + chunk] = np.sqrt((diff * diff).sum(-1).min(axis=1))
-    return out
 
 
 def _chamfer_from(d_pg: np.ndarray, d_gp: np.ndarray, squared: bool) -> float:

@@ -231,25 +231,6 @@ def _ssim_batch(pred: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:  # 
     return smap.reshape(B, C, -1).double().mean(dim=(1, 2))
 
 
-def _ssim_reference(pred, target) -> Tensor:
-    """Plain float64 SSIM, one image plane at a time (reference for tests), ``[B]``."""
-    pred, target = check_image_pair(pred, target, "ssim")
-    _check_ssim_size(pred.shape)
-    B, C, H, W = pred.shape
-    g = gaussian_window_1d()
-    w2 = (g[:, None] * g[None, :]).view(1, 1, SSIM_WINDOW, SSIM_WINDOW)
-    out = torch.zeros(B, dtype=torch.float64)
-    for b in range(B):
-        vals = []
-        for c in range(C):
-            x = pred[b, c].double().cpu()[None, None]
-            y = target[b, c].double().cpu()[None, None]
-            mom = [F.conv2d(t, w2) for t in (x, y, x * x, y * y, x * y)]
-            vals.append(_ssim_from_moments(*mom).mean())
-        out[b] = torch.stack(vals).mean()
-    return out
-
-
 class SSIM:
     """Accumulating SSIM: ``update(pred, target)`` per batch, ``compute()`` = mean over views."""
 
