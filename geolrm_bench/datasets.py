@@ -27,6 +27,8 @@ Kinds (``list_objects(kind, root)``):
 - ``meshes``: any mesh file (.obj .glb .gltf .ply .stl .off) or a folder of them.
 - ``sample``, ``ycb``: folders written by :mod:`geolrm_bench.sample_data`; their
   ``index.json`` gives each object's folder and kind.
+- ``synth``: procedural objects of :mod:`geolrm_bench.synth` (``geolrm-bench synth``), one
+  folder per object (listed by :func:`geolrm_bench.synth.list_synth`), read as ``scans``.
 
 A missing texture is not an error: the object loads in flat grey and the problem is
 appended to ``asset.warnings`` (and issued with :func:`warnings.warn`). A corrupt or
@@ -53,6 +55,7 @@ import trimesh.visual
 
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import atomic_dir, read_json
+from geolrm_bench.synth import is_synth_root, list_synth
 
 __all__ = [
     "KINDS",
@@ -67,7 +70,7 @@ __all__ = [
     "source_transform",
 ]
 
-KINDS = ("gso", "scans", "hope", "omni", "meshes", "sample", "ycb")
+KINDS = ("gso", "scans", "hope", "omni", "meshes", "sample", "ycb", "synth")
 #: kinds an individual object can have (``sample``/``ycb`` are collections of these)
 OBJECT_KINDS = ("gso", "scans", "hope", "omni", "meshes")
 MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off")
@@ -489,6 +492,8 @@ def list_objects(kind: str, root: str | Path | None = None) -> list[ObjectRef]:
                 refs.append(ObjectRef(obj["name"], root / obj["path"], obj["kind"], kind))
         except (KeyError, TypeError) as e:
             raise BenchError(f"malformed index.json ({e!r})", root / "index.json") from None
+    elif kind == "synth":  # OBJ + MTL + texture folders in the normalised frame: loaded as scans
+        refs = [ObjectRef(n, p, "scans", "synth") for n, p in list_synth(root)]
     elif root.is_file():
         if kind == "gso" and root.suffix.lower() == ".zip":
             refs.append(ObjectRef(root.stem, root, kind))
@@ -547,6 +552,8 @@ def detect_dataset(root: str | Path) -> str:
         if root.suffix.lower() in MESH_EXTENSIONS:
             return "meshes"
         raise BenchError("not a mesh file, GSO zip or dataset folder", root)
+    if is_synth_root(root):
+        return "synth"
     if (root / "index.json").is_file():
         try:
             index = read_json(root / "index.json")

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
                    help="output folder (default out/render/<dataset>)")
     p.add_argument("--resolution", type=int, default=512, help="image side in pixels (default 512)")
     p.add_argument("--dataset", default=None,
-                   choices=["gso", "omni", "scans", "hope", "meshes", "sample", "ycb"],
+                   choices=["gso", "omni", "scans", "hope", "meshes", "sample", "ycb", "synth"],
                    help="dataset kind (default: detected from SRC; 'sample' without SRC)")
     p.add_argument("--backend", default="osmesa", choices=["osmesa", "egl"],
                    help="OpenGL platform (default osmesa, CPU)")
