@@ -23,6 +23,7 @@ from geolrm_bench.errors import BenchError, one_line
 COMMAND_MODULES: list[str] = [
     "geolrm_bench.commands.render",
     "geolrm_bench.commands.occupancy_gt",
+    "geolrm_bench.commands.synth",
     "geolrm_bench.commands.metrics",
     "geolrm_bench.commands.reconstruct",
     "geolrm_bench.commands.evaluate",
