@@ -11,7 +11,8 @@ from skimage import data
 from skimage.metrics import structural_similarity
 
 from geolrm_bench import _reference
-from geolrm_bench.metrics import PSNR, SSIM, psnr, ssim
+from geolrm_bench.metrics import LPIPS, PSNR, SSIM, psnr, ssim
+from geolrm_bench.metrics.base import ViewMeanMetric
 
 
 def _sk_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -129,3 +130,21 @@ def test_ssim_identical_is_one_and_accumulates():
 def test_ssim_too_small():
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(torch.zeros(1, 1, 10, 30), torch.zeros(1, 1, 10, 30))
+
+
+def test_accumulators_share_one_base_and_refuse_empty_compute():
+    """PSNR / SSIM (and LPIPS) are thin ViewMeanMetric wrappers over the functional form."""
+    assert all(issubclass(c, ViewMeanMetric) for c in (PSNR, SSIM, LPIPS))
+    for m in (PSNR(), PSNR("global"), SSIM()):
+        with pytest.raises(ValueError, match="before any update"):
+            m.compute()
+    a = torch.full((2, 3, 12, 12), 0.5)
+    b = a.clone()
+    b[0] += 0.1  # MSE 0.01 -> 20 dB; view 1 is identical (inf)
+    m = PSNR()
+    torch.testing.assert_close(m.values(a, b)[:1], torch.tensor([20.0], dtype=torch.float64))
+    assert m.num_views == 0  # values() is pure: nothing accumulated
+    m.update(a[:1], b[:1])
+    m.reset()
+    m.update(a[:1], b[:1])
+    assert m.num_views == 1 and m.compute() == pytest.approx(20.0, abs=1e-4)

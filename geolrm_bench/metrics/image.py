@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from geolrm_bench.metrics.base import ViewMeanMetric
+
 # SSIM constants (Wang et al. 2004; torchmetrics / scikit-image defaults).
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -125,7 +127,7 @@ def psnr(pred, target, mask=None) -> Tensor:
     return psnr_compute(*psnr_update(pred, target, mask))
 
 
-class PSNR:
+class PSNR(ViewMeanMetric):
     """Accumulating PSNR: ``update(pred, target, mask=None)`` per batch, then ``compute()``.
 
     ``reduction="mean"`` (default) averages the per-view PSNR (how papers report it);
@@ -138,29 +140,27 @@ class PSNR:
         if reduction not in ("mean", "global"):
             raise ValueError(f"PSNR reduction must be 'mean' or 'global', got {reduction!r}")
         self.reduction = reduction
-        self.reset()
+        super().__init__()
 
     def reset(self) -> None:
-        self.sum_psnr = 0.0
-        self.num_views = 0
+        super().reset()
         self.sum_squared_error = 0.0
         self.num_observations = 0.0
 
+    def values(self, pred, target, mask=None) -> Tensor:
+        """Per-view PSNR ``[B]`` (:func:`psnr`)."""
+        return psnr(pred, target, mask)
+
     def update(self, pred, target, mask=None) -> Tensor:
-        """Add a batch; returns its per-view PSNR ``[B]``."""
+        """Add a batch; returns its per-view PSNR ``[B]`` and pools its squared error (``global``)."""
         sse, n = psnr_update(pred, target, mask)
-        values = psnr_compute(sse, n)
-        self.sum_psnr += float(values.sum())
-        self.num_views += int(values.numel())
         self.sum_squared_error += float(sse.sum())
         self.num_observations += float(n.sum())
-        return values
+        return self._accumulate(psnr_compute(sse, n))
 
     def compute(self) -> float:
-        if self.num_views == 0:
-            raise ValueError("PSNR.compute() called before any update()")
-        if self.reduction == "mean":
-            return self.sum_psnr / self.num_views
+        if self.reduction == "mean" or self.num_views == 0:
+            return super().compute()
         mse = self.sum_squared_error / self.num_observations
         return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
@@ -231,25 +231,13 @@ def _ssim_batch(pred: Tensor, target: Tensor, dtype: torch.dtype) -> Tensor:  # 
     return smap.reshape(B, C, -1).double().mean(dim=(1, 2))
 
 
-class SSIM:
+class SSIM(ViewMeanMetric):
     """Accumulating SSIM: ``update(pred, target)`` per batch, ``compute()`` = mean over views."""
 
     def __init__(self, dtype: torch.dtype = torch.float32):
         self.dtype = dtype
-        self.reset()
+        super().__init__()
 
-    def reset(self) -> None:
-        self.sum_ssim = 0.0
-        self.num_views = 0
-
-    def update(self, pred, target) -> Tensor:
-        """Add a batch; returns its per-view SSIM ``[B]``."""
-        values = ssim(pred, target, dtype=self.dtype)
-        self.sum_ssim += float(values.sum())
-        self.num_views += int(values.numel())
-        return values
-
-    def compute(self) -> float:
-        if self.num_views == 0:
-            raise ValueError("SSIM.compute() called before any update()")
-        return self.sum_ssim / self.num_views
+    def values(self, pred, target) -> Tensor:
+        """Per-view SSIM ``[B]`` (:func:`ssim`)."""
+        return ssim(pred, target, dtype=self.dtype)

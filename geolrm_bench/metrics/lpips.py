@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from geolrm_bench.errors import BenchError
+from geolrm_bench.metrics.base import ViewMeanMetric
 from geolrm_bench.metrics.image import check_image_pair
 
 NETS = ("vgg", "alex")
@@ -226,7 +227,7 @@ def build_lpips_network(net: str = "vgg", device: str | torch.device = "cpu") ->
 
 
 # --------------------------------------------------------------------------- metric
-class LPIPS:
+class LPIPS(ViewMeanMetric):
     """Per-image LPIPS distance, the network built once.
 
     Not an ``nn.Module``: an instance stored on a model stays out of its
@@ -244,11 +245,7 @@ class LPIPS:
         self.chunk_size = max(1, int(chunk_size))
         self._model = build_lpips_network(net, self.device)
         self.weight_source: str = self._model.weight_source
-        self.reset()
-
-    def reset(self) -> None:
-        self.sum_distance = 0.0
-        self.num_views = 0
+        super().__init__()
 
     @torch.no_grad()
     def __call__(self, pred, target) -> Tensor:
@@ -263,17 +260,9 @@ class LPIPS:
             out.append(self._model(p, t).flatten().double().cpu())
         return torch.cat(out)
 
-    def update(self, pred, target) -> Tensor:
-        """Accumulate a batch (update + compute style); returns its distances ``[B]``."""
-        d = self(pred, target)
-        self.sum_distance += float(d.sum())
-        self.num_views += int(d.numel())
-        return d
-
-    def compute(self) -> float:
-        if self.num_views == 0:
-            raise ValueError("LPIPS.compute() called before any update()")
-        return self.sum_distance / self.num_views
+    def values(self, pred, target) -> Tensor:
+        """Per-view distances ``[B]`` (the network call); ``update``/``compute`` accumulate them."""
+        return self(pred, target)
 
 
 _CACHE: dict[tuple[str, str], LPIPS] = {}
