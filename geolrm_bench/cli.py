@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "geolrm_bench.commands.metrics",
     "geolrm_bench.commands.reconstruct",
     "geolrm_bench.commands.evaluate",
+    "geolrm_bench.commands.train",
 ]
 
 

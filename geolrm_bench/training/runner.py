@@ -56,9 +56,9 @@ class Hooks:
     def ddp(self) -> bool:
         return self.world_size > 1
 
-    def latest_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint folder (holding ``state.pt``), or None."""
-        return newest_complete(self.run_dir / "checkpoints")
+    def load_latest(self) -> tuple[dict | None, str | None]:
+        """The newest complete checkpoint's training state and where it came from, or (None, None)."""
+        return read_state(newest_complete(self.run_dir / "checkpoints"))
 
     def save_checkpoint(self, step: int, write, metrics: dict) -> Path | None:
         """``write(folder)`` fills a checkpoint folder (rank 0 only); keep the newest ``keep``."""
@@ -79,6 +79,14 @@ def newest_complete(folder: Path) -> Path | None:
     if not done:
         return None
     return max(done, key=lambda p: int((p / COMPLETE_MARK).read_text().strip() or 0))
+
+
+def read_state(folder: Path | None) -> tuple[dict | None, str | None]:
+    """``state.pt`` of a checkpoint folder (None when ``folder`` is None)."""
+    if folder is None:
+        return None, None
+    # weights_only=False: the state holds numpy/python RNG states; it is our own file
+    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False), str(folder)
 
 
 def write_checkpoint(folder: Path, sm: loop.StepModules, step: int) -> None:
@@ -237,13 +245,12 @@ def train_worker(cfg: TrainConfig, hooks: Hooks) -> dict:
     sm = loop.setup(model, cfg, hooks.device, ddp=hooks.ddp)
     order = ShardedOrder(len(train_ds), cfg.seed, rank, world, cfg.batch_size, cfg.accumulate)
     start = 0
-    ckpt = hooks.latest_checkpoint()
-    if ckpt is not None:
-        start = loop.load_training_state(sm, torch.load(ckpt / STATE_FILE, map_location="cpu",
-                                                        weights_only=False))
+    state, last_ckpt = hooks.load_latest()
+    if state is not None:
+        start = loop.load_training_state(sm, state)
+        del state
     metrics_path, val_path = run_dir / "metrics.csv", run_dir / "validation.csv"
     columns = METRIC_COLUMNS[cfg.stage]
-    last_ckpt = str(ckpt) if ckpt is not None else None
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "train_config.json", cfg.to_dict())
