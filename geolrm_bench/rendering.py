@@ -365,7 +365,8 @@ def write_object_views(layers: dict[str, Any], object_dir: str | Path, *, source
         meta["to_normalized"] = np.asarray(to_normalized, dtype=np.float64).tolist()
     if extra:
         meta.update(extra)
-    with atomic_dir(object_dir) as tmp:
+    # replaces only a folder the toolkit wrote (marker, or metadata.json of older versions)
+    with atomic_dir(object_dir, markers=(METADATA_NAME,)) as tmp:
         for k, v in enumerate(views):
             write_view(tmp, v, rgba[k], layers["c2w_opencv"][k], normals[k], depth[k],
                        fov=tuple(layers["fov"]), exr_compression=exr_compression,

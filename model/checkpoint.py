@@ -169,7 +169,7 @@ def save_pretrained(model, directory: str | Path) -> Path:
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, markers=("config.json", "model.safetensors")) as tmp:
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt", "preset": model.cfg.name})
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
@@ -191,5 +191,61 @@ def from_pretrained(directory: str | Path, device: str | torch.device = "cpu", c
         raise BenchError(f"bad model config: {err}", cfg_path) from None
     if compat is not None:
         cfg.compat = compat
-    model = load_into(build_empty(cfg), load_file(str(weights)), source=str(weights))
+    model = load_into(build_empty(cfg), _load_safetensors(weights, load_file), source=str(weights))
     return model.to(device).eval()
+
+
+def _load_safetensors(path: Path, loader) -> dict:
+    """``loader(path)`` with a truncated or corrupt file turned into a one-line BenchError naming it."""
+    try:
+        return loader(str(path))
+    except Exception as err:  # noqa: BLE001 - SafetensorError and friends: a bad file
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise BenchError(f"unreadable safetensors file, truncated or corrupt ({type(err).__name__}: {first})",
+                         path) from None
+
+
+def validate_checkpoint(path: str | Path, config: ModelConfig | str = "paper") -> str:
+    """Check a checkpoint without building the real model: readable, and every key and shape
+    what the model expects (the model is built on the meta device). Returns its kind
+    (``official`` or ``pretrained``); a BenchError naming the file otherwise.
+
+    Cheap enough for a driver process before it starts remote workers: a ``save_pretrained``
+    folder is checked from the safetensors header alone; an official ``.ckpt`` is memory-mapped.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise BenchError("checkpoint not found", path)
+    if path.is_dir():
+        cfg_path, weights = path / "config.json", path / "model.safetensors"
+        for p in (cfg_path, weights):
+            if not p.is_file():
+                raise BenchError("missing file of a saved GeoLRM (config.json + model.safetensors)", p)
+        try:
+            cfg = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+            raise BenchError(f"bad model config: {err}", cfg_path) from None
+
+        def _header(name: str) -> dict:
+            with safe_open(name, framework="pt") as f:
+                return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+
+        sd = _load_safetensors(weights, _header)
+        match_state_dict(build_empty(cfg), sd, source=str(weights))
+        return "pretrained"
+    cfg = get_config(config) if isinstance(config, str) else config.replace()
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped: read them
+        try:
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
+            first = str(err).strip().split(". ")[0].splitlines()[0][:200]
+            raise BenchError(
+                f"cannot read checkpoint with torch.load(weights_only=True): {type(err).__name__}: {first}",
+                path) from None
+    sd = _unwrap(obj, path)
+    match_state_dict(build_empty(cfg), sd, source=str(path))
+    return "official"

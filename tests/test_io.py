@@ -8,6 +8,7 @@ import pytest
 
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import (
+    OWNER_MARKER,
     atomic_dir,
     read_json,
     remove_stale_temporaries,
@@ -42,8 +43,8 @@ def test_atomic_dir_leaves_nothing_on_error(tmp_path):
 
 def test_atomic_dir_replaces_existing_only_on_success(tmp_path):
     final = tmp_path / "views"
-    final.mkdir()
-    (final / "old.txt").write_text("old")
+    with atomic_dir(final) as tmp:  # the toolkit's own folder: replaceable
+        (tmp / "old.txt").write_text("old")
     with pytest.raises(RuntimeError):
         with atomic_dir(final) as tmp:
             (tmp / "new.txt").write_text("new")
@@ -51,7 +52,7 @@ def test_atomic_dir_replaces_existing_only_on_success(tmp_path):
     assert (final / "old.txt").read_text() == "old"
     with atomic_dir(final) as tmp:
         (tmp / "new.txt").write_text("new")
-    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in final.iterdir()) == [OWNER_MARKER, "new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["views"]
 
 

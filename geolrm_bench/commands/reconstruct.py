@@ -47,7 +47,11 @@ def register(subparsers) -> None:
                      help="model preset with RANDOM weights (pipeline checks only)")
     p.add_argument("--input-views", default=DEFAULT_INPUT_VIEWS,
                    help=f"comma-separated input view indices (default {DEFAULT_INPUT_VIEWS})")
-    p.add_argument("--out", default=None, help="output folder (default out/reconstruct/<object name>)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default out/reconstruct/<object name>); must not exist, be empty, "
+                        "or be an earlier reconstruct output (then give --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier reconstruct output at --out (never anything else)")
     p.add_argument("--input-size", type=int, default=None, help="model input size in px (default: preset's)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="reconstruction token cap (default: preset's)")
@@ -224,6 +228,20 @@ def render_views_to_pngs(gaussians, c2w_opengl, K_norm, views: list[int], height
         write_png_rgba(out_dir / f"{view_name(v)}.png", np.round(rgba * 255).astype(np.uint8))
 
 
+OUTPUT_MARKERS = ("metadata.json", "gaussians.ply", "occupancy.npy")  # a reconstruct output of older versions
+
+
+def check_reconstruct_out(out: Path, object_dir: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is (or holds) the input object, a file, a link, or a folder the
+    toolkit did not write; an earlier reconstruct output only with ``--overwrite``."""
+    from geolrm_bench.io import check_replaceable
+
+    o, src = out.resolve(), object_dir.resolve()
+    if o == src or o in src.parents:
+        raise BenchError("is the input object folder (or holds it); choose another --out", out)
+    check_replaceable(out, overwrite, OUTPUT_MARKERS)
+
+
 def run(args) -> int:
     import torch
 
@@ -242,6 +260,7 @@ def run(args) -> int:
         if not render_views:
             raise BenchError("no view folders (00000/00000.json ...) found", object_dir)
     out = Path(args.out) if args.out else Path("out") / "reconstruct" / object_dir.resolve().name
+    check_reconstruct_out(out, object_dir, args.overwrite)  # before any work
     device = resolve_device(args.device)
 
     model, source = load_model(args.checkpoint, args.preset, args.seed)
@@ -257,7 +276,7 @@ def run(args) -> int:
     if args.resolution is not None:
         h = w = int(args.resolution)
     t_render = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=args.overwrite, markers=OUTPUT_MARKERS) as tmp:
         save_ply(tmp / "gaussians.ply", g, min_opacity=args.prune_opacity)
         np.save(tmp / "occupancy.npy", res["occupancy"], allow_pickle=False)
         render_views_to_pngs(g, c2w, K, render_views, h, w, tmp / "renders", device)
