@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import stat
@@ -54,7 +55,7 @@ import trimesh.resolvers
 import trimesh.visual
 
 from geolrm_bench.errors import BenchError
-from geolrm_bench.io import atomic_dir, read_json
+from geolrm_bench.io import atomic_dir, link_outside_root, read_json
 from geolrm_bench.synth import is_synth_root, list_synth
 
 __all__ = [
@@ -69,6 +70,8 @@ __all__ = [
     "normalize_transform",
     "source_transform",
 ]
+
+_LOG = logging.getLogger(__name__)
 
 KINDS = ("gso", "scans", "hope", "omni", "meshes", "sample", "ycb", "synth")
 #: kinds an individual object can have (``sample``/``ycb`` are collections of these)
@@ -245,8 +248,62 @@ def check_zip_entries(zf: zipfile.ZipFile, label: str | Path) -> None:
             raise BenchError(f"zip entry {name!r} escapes its folder; refusing to extract", label)
 
 
+#: entries of a GSO zip the reader needs (mesh, material, textures); nothing else is extracted
+ZIP_NEEDED_SUFFIXES = (".obj", ".mtl", ".png", ".jpg", ".jpeg", ".tga", ".bmp", ".tif", ".tiff", ".webp")
+#: largest entry extracted (declared AND actual bytes), total per zip, and compression ratio
+ZIP_MAX_ENTRY_BYTES = 512 << 20
+ZIP_MAX_TOTAL_BYTES = 2 << 30
+ZIP_MAX_RATIO = 200.0  # uncompressed / compressed, checked for entries above 1 MiB
+_ZIP_RATIO_MIN_BYTES = 1 << 20
+
+
+def _zip_members(zf: zipfile.ZipFile, label: Path) -> list[zipfile.ZipInfo]:
+    """The entries the reader needs, each checked against the size and ratio caps."""
+    members = []
+    for info in zf.infolist():
+        if info.is_dir() or not info.filename.lower().endswith(ZIP_NEEDED_SUFFIXES):
+            continue
+        if info.file_size > ZIP_MAX_ENTRY_BYTES:
+            raise BenchError(f"zip entry {info.filename!r} declares {info.file_size} bytes, over the "
+                             f"{ZIP_MAX_ENTRY_BYTES}-byte cap; refusing to extract", label)
+        if (info.file_size > _ZIP_RATIO_MIN_BYTES
+                and info.file_size > ZIP_MAX_RATIO * max(info.compress_size, 1)):
+            ratio = info.file_size / max(info.compress_size, 1)
+            raise BenchError(f"zip entry {info.filename!r} expands {ratio:.0f}x (cap {ZIP_MAX_RATIO:g}x); "
+                             "refusing to extract", label)
+        members.append(info)
+    return members
+
+
+def _extract_members(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest: Path, label: Path) -> None:
+    """Stream ``members`` into ``dest`` with a byte counter (declared sizes can lie)."""
+    total = 0
+    for info in members:
+        target = dest / info.filename.replace("\\", "/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        n = 0
+        with zf.open(info) as src, open(target, "wb") as dst:
+            while block := src.read(1 << 20):
+                n += len(block)
+                total += len(block)
+                if n > ZIP_MAX_ENTRY_BYTES or n > info.file_size:
+                    raise BenchError(f"zip entry {info.filename!r} holds more than its declared "
+                                     f"{info.file_size} bytes (or the {ZIP_MAX_ENTRY_BYTES}-byte cap); "
+                                     "refusing to extract", label)
+                if total > ZIP_MAX_TOTAL_BYTES:
+                    raise BenchError(f"zip expands to more than {ZIP_MAX_TOTAL_BYTES} bytes; "
+                                     "refusing to extract", label)
+                dst.write(block)
+
+
 def extract_zip(zip_path: Path, cache: Path | None = None) -> Path:
-    """Extract ``zip_path`` once into the cache (keyed by path, size, mtime); return the folder."""
+    """Extract the entries of ``zip_path`` the reader needs (:data:`ZIP_NEEDED_SUFFIXES`) once into
+    the cache (keyed by path, size, mtime); return the folder.
+
+    Entries over :data:`ZIP_MAX_ENTRY_BYTES` (declared or counted while streaming), a zip over
+    :data:`ZIP_MAX_TOTAL_BYTES` in all, or an entry compressed more than :data:`ZIP_MAX_RATIO`
+    times are refused with a BenchError naming the zip; nothing is left in the cache then.
+    """
     zip_path = Path(zip_path)
     try:
         st = zip_path.stat()
@@ -259,9 +316,10 @@ def extract_zip(zip_path: Path, cache: Path | None = None) -> Path:
     try:
         with zipfile.ZipFile(zip_path) as zf:
             check_zip_entries(zf, zip_path)
+            members = _zip_members(zf, zip_path)
             try:
                 with atomic_dir(final, overwrite=False) as tmp:
-                    zf.extractall(tmp)
+                    _extract_members(zf, members, tmp, zip_path)
             except BenchError:
                 if not final.is_dir():  # another process finished first otherwise
                     raise
@@ -526,11 +584,27 @@ def list_objects(kind: str, root: str | Path | None = None) -> list[ObjectRef]:
                         refs.append(ObjectRef(p.stem, p, kind))
     if not refs:
         raise BenchError(f"no {kind} objects found", root)
+    warn_links_outside(root, [r.path for r in refs])
     names = [r.name for r in refs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise BenchError(f"duplicate object names in {kind} dataset: {', '.join(dup[:5])}", root)
     return sorted(refs, key=lambda r: r.name)
+
+
+def warn_links_outside(root: Path, paths: list[Path]) -> list[str]:
+    """Log (and return) one warning per object reached through a symbolic link that points outside
+    the dataset root: such objects are read (followed) but never written through."""
+    if root.is_file():
+        return []
+    out = []
+    for p in paths:
+        target = link_outside_root(p, root)
+        if target is not None:
+            out.append(f"{p} is reached through a symbolic link to {target}, outside the dataset root "
+                       f"{root}; reading it there (geolrm-bench never writes through links)")
+            _LOG.warning("warning: %s", out[-1])
+    return out
 
 
 def _obj_header(path: Path, n: int = 2048) -> str:
