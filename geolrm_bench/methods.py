@@ -23,9 +23,11 @@ intrinsics (``fx/W, fy/H, cx/W = cy/H = 0.5``). Images are ``[T, 3, H, W]`` floa
 alpha-composited on the protocol's background (white), at ``protocol.resolution`` px.
 
 Scoring (:func:`image_scores`, :func:`geometry_scores`): PSNR / SSIM per test view; Chamfer /
-F-score in the ground-truth mesh's own frame, in metres (prediction points are mapped back with
-the inverse of ``ObjectAsset.to_normalized`` and multiplied by ``ObjectAsset.unit_m``), and the
-same in the normalised frame (longest side 1; ``chamfer_norm`` / ``fscore_norm``).
+F-score headline (``chamfer`` / ``fscore``) with the object scaled to [-1, 1]^3 (the usual LRM
+evaluation frame), beside them the same in the ground-truth mesh's own frame in metres
+(``chamfer_m`` / ``fscore_m``: prediction points mapped back with the inverse of
+``ObjectAsset.to_normalized`` and multiplied by ``ObjectAsset.unit_m``) and in the normalised
+frame, longest side 1 (``chamfer_unitbox`` / ``fscore_unitbox``).
 
 Heavy libraries (torch, the model, trimesh, pyrender, PIL) are imported lazily, so importing this
 module is cheap (Ray workers import it to unpickle tasks).
@@ -276,13 +278,12 @@ class PredictionsMethod:
             return Prediction(images=out["rgb"].clamp(0, 1).float().cpu().numpy(), points=pts,
                               num_gaussians=len(g), extra={"source": plys[0].name}, **kw)
         if meshes:
-            import trimesh
 
             from geolrm_bench import rendering
             from geolrm_bench.metrics import prediction_points
 
             preload_torch_stack()  # before the first OSMesa context of this process
-            mesh = trimesh.load(meshes[0], force="mesh")
+            mesh = load_prediction_mesh(meshes[0])
             layers = rendering.render_views(mesh, resolution=H, views=list(protocol.test_views))
             rgba = layers["rgba"].astype(np.float32) / 255.0  # [T, H, W, 4]
             bg = np.asarray(protocol.background, np.float32)
@@ -296,6 +297,73 @@ class PredictionsMethod:
             return Prediction(images=imgs, points=None, extra={"source": "png"}, **kw)
         missing = [p.name for p in pngs.values() if not p.exists()]
         raise BenchError(f"no 3DGS .ply, mesh, or test-view PNGs (missing {', '.join(missing)})", folder)
+
+
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2,
+              "uint16": 2, "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4,
+              "double": 8, "float64": 8}
+
+
+def ply_header_counts(path: Path) -> dict[str, int]:
+    """``{element: count}`` from a PLY header, after checking the file can hold that many: an
+    element of ``count`` rows needs at least ``count x row bytes`` (binary; lists counted at
+    their length byte) or ``count x 2 x properties`` bytes (ASCII). BenchError naming the file."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        raise BenchError("not a PLY file (no 'ply' ... 'end_header' header)", path)
+    body = max(0, path.stat().st_size - (head.find(b"\n", end) + 1))
+    fmt, counts, rows, name = "", {}, {}, None
+    for line in head[:end].decode("ascii", "replace").splitlines():
+        tok = line.split()
+        if not tok:
+            continue
+        if tok[0] == "format" and len(tok) > 1:
+            fmt = tok[1]
+        elif tok[0] == "element" and len(tok) == 3:
+            try:
+                name, counts[tok[1]] = tok[1], int(tok[2])
+            except ValueError:
+                raise BenchError(f"bad PLY header line {line.strip()!r}", path) from None
+            rows[name] = 0
+        elif tok[0] == "property" and name is not None:
+            if fmt == "ascii":
+                rows[name] += 2  # at least one digit and a separator per value
+            elif tok[1] == "list" and len(tok) >= 3:
+                rows[name] += _PLY_SIZES.get(tok[2], 1)  # the length; an empty list at least
+            else:
+                rows[name] += _PLY_SIZES.get(tok[1], 1)
+    need = sum(counts[k] * rows[k] for k in counts)
+    if need > body:
+        declared = ", ".join(f"{v} {k}" for k, v in counts.items())
+        raise BenchError(f"PLY header declares {declared} but the file holds only {body} bytes of data "
+                         f"(at least {need} needed): truncated or corrupt", path)
+    return counts
+
+
+def load_prediction_mesh(path: Path):
+    """A predicted mesh, validated like the 3DGS path: a PLY's header counts must fit the file
+    and match what was read, every vertex must be finite and there must be faces (trimesh would
+    otherwise drop bad vertices silently). Then processed as ``trimesh.load`` does by default."""
+    import trimesh
+
+    path = Path(path)
+    counts = ply_header_counts(path) if path.suffix.lower() == ".ply" else {}
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except Exception as e:  # noqa: BLE001 - any parser failure is a bad file
+        raise BenchError(f"unreadable mesh ({one_line(e)})", path) from None
+    verts = np.asarray(getattr(mesh, "vertices", np.zeros((0, 3))))
+    if "vertex" in counts and len(verts) != counts["vertex"]:
+        raise BenchError(f"PLY header declares {counts['vertex']} vertices, {len(verts)} were read", path)
+    bad = int((~np.isfinite(verts)).any(axis=1).sum()) if len(verts) else 0
+    if bad:
+        raise BenchError(f"mesh has {bad} non-finite (NaN/inf) vertices", path)
+    if len(getattr(mesh, "faces", [])) == 0:
+        raise BenchError("mesh has no faces", path)
+    mesh.process()
+    return mesh
 
 
 def _is_3dgs_ply(path: Path) -> bool:
@@ -345,34 +413,44 @@ def image_scores(images: np.ndarray, gt_images: np.ndarray) -> tuple[np.ndarray,
     return ps, ss
 
 
+#: the headline geometry frame: the normalised object scaled to [-1, 1]^3 (longest side 2), the
+#: usual LRM evaluation frame; the paper's Chamfer 0.167 / F-score@0.2 0.892 are read as in it
+BOX2_SCALE = 2.0
+
+
 def geometry_scores(points: np.ndarray, gt_points: np.ndarray, to_normalized: np.ndarray,
                     unit_m: float = 1.0, tau: float = 0.2) -> dict[str, float]:
-    """Chamfer and F-score@``tau`` of prediction points against ground-truth points, in two frames.
+    """Chamfer and F-score@``tau`` of prediction points against ground-truth points, in three frames.
 
     Args:
-        points: [M, 3] prediction points in the normalised object frame.
+        points: [M, 3] prediction points in the normalised object frame ([-0.5, 0.5]^3).
         gt_points: [N, 3] ground-truth surface points in the GT frame (the dataset file's axes,
             origin and units).
         to_normalized: [4, 4] GT frame -> normalised frame (``ObjectAsset.to_normalized``).
         unit_m: metres per GT-frame unit (``ObjectAsset.unit_m``: HOPE 0.01, Omni 0.001).
-        tau: F-score threshold (same number in both frames: metres, normalised units).
+        tau: F-score threshold, the same number in every frame (its units: that frame's).
 
     Returns:
-        ``chamfer`` / ``fscore``: in the GT frame in metres (predictions mapped back with the
-        inverse of ``to_normalized``, both sets scaled by ``unit_m``); ``chamfer_norm`` /
-        ``fscore_norm``: in the normalised frame (longest side 1), comparable across datasets.
+        ``chamfer`` / ``fscore`` (the headline, comparable with the paper): the object scaled
+        to [-1, 1]^3 (normalised frame x :data:`BOX2_SCALE`, longest side 2; an assumption:
+        the paper does not state its frame, this is the usual LRM evaluation frame);
+        ``chamfer_m`` / ``fscore_m``: the GT frame in metres (predictions mapped back with the
+        inverse of ``to_normalized``, both sets scaled by ``unit_m``; ``tau`` in metres);
+        ``chamfer_unitbox`` / ``fscore_unitbox``: the normalised frame (longest side 1).
     """
     from geolrm_bench.datasets import points_to_gt_frame, points_to_normalized_frame
     from geolrm_bench.metrics import geometry_metrics
 
     pred_norm = np.asarray(points, np.float64)
     gt_pts = np.asarray(gt_points, np.float64)
+    gt_norm = points_to_normalized_frame(gt_pts, to_normalized)
     gm = geometry_metrics(points_to_gt_frame(pred_norm, to_normalized) * unit_m, gt_pts * unit_m,
                           taus=(tau,), frame="gt")
-    gn = geometry_metrics(pred_norm, points_to_normalized_frame(gt_pts, to_normalized), taus=(tau,),
-                          frame="normalized")
-    return {"chamfer": float(gm["chamfer"]), "fscore": float(_fscore_value(gm, tau)),
-            "chamfer_norm": float(gn["chamfer"]), "fscore_norm": float(_fscore_value(gn, tau))}
+    gn = geometry_metrics(pred_norm, gt_norm, taus=(tau,), frame="normalized")
+    gb = geometry_metrics(pred_norm * BOX2_SCALE, gt_norm * BOX2_SCALE, taus=(tau,), frame="normalized")
+    return {"chamfer": float(gb["chamfer"]), "fscore": float(_fscore_value(gb, tau)),
+            "chamfer_m": float(gm["chamfer"]), "fscore_m": float(_fscore_value(gm, tau)),
+            "chamfer_unitbox": float(gn["chamfer"]), "fscore_unitbox": float(_fscore_value(gn, tau))}
 
 
 def _fscore_value(gm: dict, tau: float) -> float:

@@ -116,8 +116,8 @@ class Protocol:
     seed: int = 0  # subset seed (also the model's token-subsampling seed)
     num_gt_points: int = DEFAULT_NUM_GT_POINTS  # points sampled on the ground-truth surface
     gt_seed: int = 0  # seed of that sampling
-    fscore_tau: float = DEFAULT_FSCORE_TAU  # F-score threshold: metres (GT frame); also used as is in the
-    # normalised frame for fscore_norm
+    fscore_tau: float = DEFAULT_FSCORE_TAU  # F-score threshold in the headline [-1, 1]^3 frame; the same
+    # number is used in metres (fscore_m) and in the unit box (fscore_unitbox)
 
     def __post_init__(self) -> None:
         if not self.input_views:
@@ -153,9 +153,10 @@ class Protocol:
             "the same for every N).",
             f"Image metrics (PSNR, SSIM, {lpips_name}) at the test views; geometry metrics (Chamfer, "
             f"F-score@{self.fscore_tau:g}) against {self.num_gt_points} points sampled (seed "
-            f"{self.gt_seed}) on the ground-truth mesh in its own frame, in metres (prediction mapped "
-            "back with the object's normalising transform); chamfer_norm / fscore_norm: the same in "
-            "the normalised object frame (longest side 1).",
+            f"{self.gt_seed}) on the ground-truth mesh, with the object scaled to [-1, 1]^3 (the usual "
+            "LRM evaluation frame, assumed to be the paper's); chamfer_m / fscore_m: the same in the "
+            "ground-truth frame in metres (prediction mapped back with the object's normalising "
+            "transform); chamfer_unitbox / fscore_unitbox: in the normalised frame (longest side 1).",
             "Time and peak memory of the reconstruction alone (image encoding to Gaussians), on the "
             "named device.",
         ]

@@ -14,10 +14,12 @@ failed ones. Failures become records with ``status`` / ``error``, never a crash 
 Frames and cameras: the model and the predictions live in the normalised object frame (Z-up,
 inside [-0.5, 0.5]^3); views come from ``geolrm_bench.gobjaverse.load_views`` (OpenCV c2w in
 the files, OpenGL c2w for the model and rasterizer, normalised intrinsics). Geometry is
-scored in the ground-truth mesh's own frame, in metres (``ObjectAsset.unit_m``: HOPE files
-are in cm, OmniObject3D in mm): prediction points are mapped back with the inverse of
-``ObjectAsset.to_normalized``. The same metrics in the normalised frame (longest side 1) are
-the extra columns ``chamfer_norm`` / ``fscore_norm``.
+scored (:func:`geolrm_bench.methods.geometry_scores`) with the object scaled to [-1, 1]^3 for the
+headline ``chamfer`` / ``fscore`` (the usual LRM evaluation frame), and beside them in the
+ground-truth mesh's own frame in metres (``chamfer_m`` / ``fscore_m``; ``ObjectAsset.unit_m``:
+HOPE files are in cm, OmniObject3D in mm; prediction points mapped back with the inverse of
+``ObjectAsset.to_normalized``) and in the normalised frame, longest side 1
+(``chamfer_unitbox`` / ``fscore_unitbox``).
 Method-agnostic mode (``--predictions DIR``) reads, per object,
 ``DIR/<object>/`` holding a 3DGS ``.ply`` (rendered with our rasterizer), a mesh
 (``.obj/.glb/.gltf/.ply/.off/.stl``, rendered with our pyrender renderer) or the test views as
@@ -63,6 +65,10 @@ from geolrm_bench.methods import (  # noqa: F401  (re-exported: the method adapt
 )
 from geolrm_bench.methods import safe_name as _safe
 from geolrm_bench.protocol import DEFAULT_TEST_VIEWS, Protocol, input_view_ids, select_objects
+
+#: per-object geometry columns (see geolrm_bench.methods.geometry_scores), headline first
+GEOMETRY_COLUMNS = ("chamfer", "fscore", "chamfer_m", "fscore_m", "chamfer_unitbox", "fscore_unitbox")
+GEOMETRY_FRAMES = "headline [-1,1]^3; _m metres; _unitbox longest side 1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,7 +387,8 @@ def score_object(prep: dict, pred: dict, protocol: Protocol, record_path: str, m
             rec["views"].append({"view": int(v), "psnr": float(ps[i]), "ssim": float(ss[i]),
                                  "lpips": float(lp[i])})
         rec["psnr"], rec["ssim"], rec["lpips"] = float(ps.mean()), float(ss.mean()), float(lp.mean())
-        rec["chamfer"] = rec["fscore"] = rec["chamfer_norm"] = rec["fscore_norm"] = float("nan")
+        for k in GEOMETRY_COLUMNS:
+            rec[k] = float("nan")
         if pred.get("points") is not None and prep.get("gt_points"):
             with np.load(prep["gt_points"]) as z:
                 gt_pts = z["points"]
@@ -438,7 +445,8 @@ def run_key(cfg: EvalConfig, protocol: Protocol) -> str:
     spec = {k: v for k, v in method_spec(cfg).items() if k != "device"}
     spec["checkpoint_files"] = _checkpoint_fingerprint(cfg.checkpoint)  # a replaced file is redone
     proto = {k: v for k, v in protocol.to_dict().items() if k != "limit"}  # a larger subset reuses
-    blob = json.dumps({"protocol": proto, "method": spec, "lpips": cfg.lpips_net},
+    blob = json.dumps({"protocol": proto, "method": spec, "lpips": cfg.lpips_net,
+                       "geometry": GEOMETRY_FRAMES},  # records of the older metre headline are redone
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -475,6 +483,7 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None,
                          "--checkpoint/--preset")
     protocol = cfg.protocol()
     run_dir = cfg.run_dir()
+    check_outputs(cfg, run_dir)  # before any work: a bad --out / --renders is one line, exit 2
     sources, root = resolve_sources(cfg)
     chosen = set(select_objects([s.name for s in sources], cfg.limit, cfg.seed))
     sources = [s for s in sources if s.name in chosen]
@@ -508,11 +517,50 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None,
             pred = ev.predict(prep, protocol)
             _done(score_object(prep, pred, protocol, str(record_path(run_dir, s.name)), meta))
     elif todo:
+        if cfg.checkpoint:  # a bad checkpoint is one line naming the file, not a dead actor
+            from geolrm_bench.model.checkpoint import validate_checkpoint  # heavy (torch): only here
+
+            validate_checkpoint(cfg.checkpoint)
         info = _run_ray(cfg, spec, todo, protocol, renders_root, gt_root, run_dir, meta, _done)
     bar.close()
     if not info:
         info = _previous_info(run_dir) or _describe_without_model(cfg)
     return write_run_report(cfg, protocol, run_dir, [s.name for s in sources], info, root)
+
+
+def check_outputs(cfg: EvalConfig, run_dir: Path) -> None:
+    """The run folder (created and marked as the toolkit's), the render and ground-truth caches:
+    each a folder or absent, never a file; a non-empty folder of someone else's is refused
+    (:func:`geolrm_bench.io.ensure_output_root`). Also checks ``--predictions`` exists."""
+    from geolrm_bench.io import ensure_output_root
+
+    if cfg.predictions and not Path(cfg.predictions).is_dir():
+        raise BenchError("predictions folder not found", cfg.predictions)
+    ensure_output_root(run_dir, markers=RUN_MARKERS, kind="eval")
+    for d in (cfg.renders, cfg.gt_cache):
+        if d is not None and Path(d).exists() and not Path(d).is_dir():
+            raise BenchError("exists and is a file, not a folder", d)
+
+
+#: files / folders that identify an eval or sweep run folder written by older versions
+RUN_MARKERS = ("config.json", "objects", "renders", "gt")
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def actor_error_reason(e: BaseException) -> str:
+    """The one-line reason inside a Ray actor-start error (its text holds the remote traceback,
+    ANSI-coloured): the last ``SomethingError: message`` line, else :func:`one_line` of it."""
+    cause = e.__cause__
+    if isinstance(cause, BenchError):
+        return str(cause)
+    text = _ANSI.sub("", str(e))
+    hits = re.findall(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$", text, flags=re.M)
+    hits = [h for h in hits if h[0] not in ("RayActorError", "ActorDiedError", "RayTaskError")]
+    if hits:
+        kind, msg = hits[-1]
+        return msg.strip() if kind == "BenchError" else f"{kind}: {msg.strip()}"
+    return one_line(cause or e)
 
 
 def _init_ray(cfg: EvalConfig) -> bool:
@@ -549,7 +597,7 @@ def _run_ray(cfg, spec, todo, protocol, renders_root, gt_root, run_dir, meta, on
         try:
             info = ray.get(actor.info.remote())
         except ray.exceptions.RayActorError as e:
-            raise BenchError(f"the model actor failed to start: {one_line(e.__cause__ or e)}") from None
+            raise BenchError(f"the model actor failed to start: {actor_error_reason(e)}") from None
         prep_task = ray.remote(num_cpus=1, max_retries=2)(prepare_object)
         score_task = ray.remote(num_cpus=1, max_retries=2)(score_object)
         pending = []
@@ -614,7 +662,8 @@ def load_records(run_dir: Path, names: list[str]) -> list[dict]:
 
 
 PER_OBJECT_COLUMNS = ["object", "status", "error", "method", "dataset", "num_input_views", "psnr", "ssim",
-                      "lpips", "chamfer", "fscore", "inference_s", "memory_gb", "chamfer_norm", "fscore_norm",
+                      "lpips", "chamfer", "fscore", "inference_s", "memory_gb", "chamfer_m", "fscore_m",
+                      "chamfer_unitbox", "fscore_unitbox",
                       "num_gaussians", "render_s", "reconstruct_s", "metrics_s", "lpips_s", "memory_method",
                       "device", "warnings"]
 
@@ -681,6 +730,9 @@ def run_sweep(cfg: EvalConfig, views: tuple[int, ...] = (4, 8, 12, 16, 20),
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.method_name())
     sweep_name = cfg.run or f"sweep-{cfg.dataset_name()}-{safe}"
     sweep_dir = Path(cfg.out) if cfg.out else Path("reports") / sweep_name
+    from geolrm_bench.io import ensure_output_root
+
+    ensure_output_root(sweep_dir, markers=RUN_MARKERS, kind="sweep")  # before any work
     renders = cfg.renders or str(sweep_dir / "renders")
     gt = cfg.gt_cache or str(sweep_dir / "gt")
     evaluator = None

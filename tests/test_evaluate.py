@@ -76,7 +76,7 @@ def test_end_to_end_tiny_ray_then_resume(meshes, tmp_path):
     run = tmp_path / "run"
     args = ["eval", "--dataset", "meshes", "--root", str(broken), "--preset", "tiny", "--input-views", "6",
             "--resolution", str(RES), "--max-tokens", "128", "--out", str(run), "--quiet"]
-    assert cli([*args, "--num-cpus", "2"]) == 0
+    assert cli([*args, "--num-cpus", "2"]) == 1  # exit 1: some objects failed, report written
     per_view, per_object, summary, config = _read(run)
 
     assert set(per_object["object"]) == {"ball", "box", "broken"}
@@ -115,7 +115,7 @@ def test_end_to_end_tiny_ray_then_resume(meshes, tmp_path):
     before = (keep.read_bytes(), keep.stat().st_mtime_ns)
     (run / "objects" / "ball.json").unlink()
     old = per_object.set_index("object")
-    assert cli([*args, "--local"]) == 0  # same run folder, in-process this time
+    assert cli([*args, "--local"]) == 1  # same run folder, in-process this time; broken still fails
     assert (keep.read_bytes(), keep.stat().st_mtime_ns) == before
     _, again, _, _ = _read(run)
     again = again.set_index("object")
@@ -168,7 +168,7 @@ def test_predictions_gt_derived_beats_random(meshes, renders, tmp_path):
     for label, folder in (("good", good), ("bad", bad)):
         run = tmp_path / f"run-{label}"
         assert cli(["eval", "--dataset", str(renders), "--predictions", str(folder), "--method", label,
-                    "--resolution", str(RES), "--out", str(run), "--local", "--quiet"]) == 0  # box fails
+                    "--resolution", str(RES), "--out", str(run), "--local", "--quiet"]) == 1  # box fails
         res[label] = _read(run)
     g, b = res["good"][2].iloc[0], res["bad"][2].iloc[0]
     assert g["method"] == "good" and res["good"][3]["checkpoint_kind"] == "external"
@@ -178,9 +178,10 @@ def test_predictions_gt_derived_beats_random(meshes, renders, tmp_path):
     assert g["psnr"] > b["psnr"] + 5
     assert g["ssim"] > b["ssim"] + 0.1
     assert g["lpips"] < b["lpips"]
-    assert g["chamfer_norm"] < 0.02 < b["chamfer_norm"]
-    assert g["chamfer"] < b["chamfer"] / 5
-    assert g["fscore_norm"] >= b["fscore_norm"]
+    assert g["chamfer_unitbox"] < 0.02 < b["chamfer_unitbox"]
+    assert g["chamfer_m"] < b["chamfer_m"] / 5
+    assert g["chamfer"] == pytest.approx(2 * g["chamfer_unitbox"], rel=1e-6)  # headline: [-1, 1]^3
+    assert g["fscore_unitbox"] >= b["fscore_unitbox"]
     assert not (res["good"][0].empty or res["bad"][0].empty)
 
 
@@ -216,10 +217,11 @@ def test_predictions_mesh_and_png(meshes, renders, tmp_path):
     assert np.isnan(po.loc["ball", "chamfer"])  # PNGs carry no geometry
     # a rigid translation by |t| moves every point by |t|: Chamfer <= |t| (normalised frame);
     # in the GT frame distances scale by 1 / s, s = the normalising scale
-    cn = po.loc["box", "chamfer_norm"]
+    cn = po.loc["box", "chamfer_unitbox"]
     assert 0 < cn <= np.linalg.norm(t) + 2e-3
     s = abs(np.linalg.det(box.to_normalized[:3, :3])) ** (1 / 3)
-    assert po.loc["box", "chamfer"] == pytest.approx(cn / s, rel=0.05)
+    assert po.loc["box", "chamfer_m"] == pytest.approx(cn / s, rel=0.05)
+    assert po.loc["box", "chamfer"] == pytest.approx(2 * cn, rel=1e-6)  # the [-1, 1]^3 headline
     assert po.loc["box", "psnr"] > 15
 
 

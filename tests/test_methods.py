@@ -31,18 +31,21 @@ def test_frame_maps_are_inverse():
     np.testing.assert_allclose(points_to_normalized_frame(pts, m), pts @ m[:3, :3].T + m[:3, 3])
 
 
-def test_geometry_scores_metres_and_normalised_frame():
-    # two GT points 10 m apart (in cm: HOPE-like), prediction = GT shifted by 30 cm along x
-    unit_m, scale = 0.01, 0.005  # 1 GT unit = 1 cm; normalised = 0.005 * R * cm + t
+def test_geometry_scores_headline_box2_metres_and_unitbox():
+    # two GT points 10 m apart (in cm: HOPE-like), prediction = GT shifted by 30 cm along y
+    unit_m, scale = 0.01, 0.003  # 1 GT unit = 1 cm; normalised = 0.003 * R * cm + t
     m = _similarity(scale, 0.3, (0.05, 0.0, -0.1))
     gt = np.array([[0.0, 0.0, 0.0], [1000.0, 0.0, 0.0]])
     shift = np.array([0.0, 30.0, 0.0])
     pred_norm = points_to_normalized_frame(gt + shift, m)
     out = methods.geometry_scores(pred_norm, gt, m, unit_m=unit_m, tau=0.2)
-    assert out["chamfer"] == pytest.approx(0.30, rel=1e-9)  # metres
-    assert out["fscore"] == 0.0  # 0.30 m > tau 0.2
-    assert out["chamfer_norm"] == pytest.approx(30.0 * scale, rel=1e-9)  # 0.15 normalised units
-    assert out["fscore_norm"] == 1.0  # 0.15 < 0.2
+    # headline: the object scaled to [-1, 1]^3 = 2 x the normalised frame: 2 * 0.003 * 30 = 0.18
+    assert out["chamfer"] == pytest.approx(0.18, rel=1e-9)
+    assert out["fscore"] == 1.0  # 0.18 < tau 0.2
+    assert out["chamfer_m"] == pytest.approx(0.30, rel=1e-9)  # metres
+    assert out["fscore_m"] == 0.0  # 0.30 m > tau 0.2
+    assert out["chamfer_unitbox"] == pytest.approx(30.0 * scale, rel=1e-9)  # 0.09 normalised units
+    assert out["fscore_unitbox"] == 1.0  # 0.09 < 0.2
 
 
 def test_image_scores_known_mse():

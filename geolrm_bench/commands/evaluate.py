@@ -9,6 +9,7 @@ with status ok) are skipped on a rerun. See :mod:`geolrm_bench.pipelines.evaluat
 from __future__ import annotations
 
 import argparse
+import sys
 
 from geolrm_bench.protocol import DEFAULT_LIMIT, SWEEP_NUM_INPUT_VIEWS, parse_view_ids
 
@@ -71,7 +72,7 @@ def _eval(args) -> int:
     res = run_eval(cfg)
     _print_summary(res.summary)
     print(f"report: {res.run_dir}/summary.md ({res.failed} failed)")
-    return 0 if len(res.records) and res.failed < len(res.records) else 1
+    return exit_code([res])
 
 
 def _sweep(args) -> int:
@@ -82,7 +83,21 @@ def _sweep(args) -> int:
     _print_summary(summary)
     print(f"report: {sweep_dir}/summary.md; plots: {sweep_dir}/psnr_vs_views.png, ssim_vs_views.png, "
           "time_memory_vs_views.png")
-    return 0 if all(len(r.records) and r.failed < len(r.records) for r in results) else 1
+    return exit_code(results)
+
+
+def exit_code(results) -> int:
+    """The toolkit's exit-code rule (README, "Rules for outputs and errors"): 0 when every object
+    of every run is done; 1 when some failed (or have no record) and the report was written,
+    saying how many and where the reasons are (also with --quiet); 2 (raised as BenchError,
+    before this) for usage and fatal errors."""
+    bad = 0
+    for r in results:
+        if r.failed or not r.records:
+            print(f"{r.failed} of {len(r.records)} objects failed; reasons: {r.run_dir}/per_object.csv "
+                  "(columns status, error)", file=sys.stderr)
+            bad += 1
+    return 1 if bad else 0
 
 
 def _print_summary(summary) -> None:
