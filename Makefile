@@ -18,8 +18,10 @@ CHECKPOINT ?=
 PRESET ?= tiny
 LIMIT ?=
 OUT ?= out
+SYNTH_COUNT ?= 1000
+SYNTH_SEED ?= 0
 
-.PHONY: setup apt test test-fast lint bench data-sample render occupancy-gt eval-gso eval-omni sweep-views clean
+.PHONY: setup apt test test-fast lint bench data-sample synth render occupancy-gt eval-gso eval-omni sweep-views clean
 
 setup: $(STAMP)
 
@@ -58,6 +60,10 @@ bench: setup
 
 data-sample: setup
 	$(PY) -m geolrm_bench.sample_data --out $(DATA_DIR)
+
+# procedural (Zeroverse-style) training objects; never the held-out sample set
+synth: setup
+	$(VENV)/bin/geolrm-bench synth --count $(SYNTH_COUNT) --seed $(SYNTH_SEED) --out $(DATA_DIR)/synth
 
 render: data-sample
 	$(VENV)/bin/geolrm-bench render --dataset sample --out $(OUT)/renders
