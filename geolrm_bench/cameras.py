@@ -372,6 +372,15 @@ def plucker_rays(c2w_opengl, K_norm, height: int, width: int, compat: bool = Fal
 
     c2w = _as_tensor(c2w_opengl)
     K = _as_tensor(K_norm, c2w.dtype).to(c2w.device)
+    # rays in the input dtype also under autocast: a bf16 einsum beside the fp32 centres made
+    # torch.cross fail on dtypes, and bf16 directions would be off by ~4e-3
+    with torch.autocast(device_type=c2w.device.type, enabled=False):
+        return _plucker_rays(c2w, K, height, width, compat, normalize)
+
+
+def _plucker_rays(c2w, K, height: int, width: int, compat: bool, normalize: bool):
+    import torch
+
     dev, dt = c2w.device, c2w.dtype
     jj = torch.arange(width, device=dev, dtype=dt) + 0.5  # [W]
     ii = torch.arange(height, device=dev, dtype=dt) + 0.5  # [H]
@@ -415,6 +424,14 @@ def project_points(points_world, c2w_opengl, K_norm, return_depth: bool = False,
     p = _as_tensor(points_world, torch.float64 if is_np else None)
     c2w = _as_tensor(c2w_opengl, p.dtype).to(p.device)
     K = _as_tensor(K_norm, p.dtype).to(p.device)
+    # projections in the input dtype also under AMP: bf16 would move uv by ~1e-2 (pixels at 448 px)
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        return _project_points(p, c2w, K, return_depth, compat, is_np)
+
+
+def _project_points(p, c2w, K, return_depth: bool, compat: bool, is_np: bool):
+    import torch
+
     w2c = torch.linalg.inv(c2w)  # [..., 4, 4]
     hom = torch.cat([p, torch.ones_like(p[..., :1])], -1)  # [..., N, 4]
     if compat:

@@ -174,3 +174,20 @@ def test_plucker_direction_hits_projected_pixel():
     p = c2w[:3, 3] + 1.2 * rays[:3, i, j]
     uv = cameras.project_points(p[None], c2w, K)[0]
     np.testing.assert_allclose(uv * [W, H], [j + 0.5, i + 0.5], atol=1e-4)
+
+
+def test_rays_and_projection_stay_fp32_under_autocast():
+    """Camera geometry ignores bf16 autocast (the model's bf16 Table 3 run): same fp32 result."""
+    import torch
+
+    from geolrm_bench.cameras import gobjaverse_c2w, intrinsics_from_fov, plucker_rays, project_points
+
+    c2w = torch.as_tensor(gobjaverse_c2w([0, 6], convention="opengl"), dtype=torch.float32)
+    K = torch.as_tensor(intrinsics_from_fov(), dtype=torch.float32).expand(2, 3, 3)
+    pts = torch.rand(2, 5, 3) - 0.5
+    ref_rays, ref_uv = plucker_rays(c2w, K, 8, 8), project_points(pts, c2w, K)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rays, uv = plucker_rays(c2w, K, 8, 8), project_points(pts, c2w, K)
+    assert rays.dtype == torch.float32 and uv.dtype == torch.float32
+    torch.testing.assert_close(rays, ref_rays, rtol=0, atol=0)
+    torch.testing.assert_close(uv, ref_uv, rtol=0, atol=0)
