@@ -8,7 +8,9 @@ and ``cost.device_name`` the GPU or CPU model.
 Memory:
 - CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` at
   entry: tensors allocated by PyTorch's caching allocator (what papers report),
-  not the reserved pool, not other processes.
+  not the reserved pool, not other processes; ``peak_reserved_bytes`` is
+  ``torch.cuda.max_memory_reserved`` (the pool the allocator held, what nvidia-smi
+  sees of this process's tensors).
 - CPU: peak resident set size (RSS) of the whole process during the block, from a
   background thread sampling RSS (psutil, else /proc/self/statm) every
   ``sample_interval`` seconds, combined with ``resource.getrusage().ru_maxrss``:
@@ -48,6 +50,7 @@ class CostResult:
     peak_memory_bytes: int = 0
     baseline_memory_bytes: int = 0
     memory_method: str = ""  # "cuda-max-allocated" | "rss-ru_maxrss" | "rss-sampled"
+    peak_reserved_bytes: int = 0  # CUDA: max_memory_reserved (the caching allocator's pool); CPU: 0
 
     @property
     def peak_memory_gb(self) -> float:
@@ -56,7 +59,8 @@ class CostResult:
     def as_dict(self) -> dict:
         return {"seconds": self.seconds, "peak_memory_bytes": self.peak_memory_bytes,
                 "peak_memory_gb": self.peak_memory_gb, "baseline_memory_bytes": self.baseline_memory_bytes,
-                "memory_method": self.memory_method, "device": self.device, "device_name": self.device_name}
+                "memory_method": self.memory_method, "device": self.device, "device_name": self.device_name,
+                "peak_reserved_bytes": self.peak_reserved_bytes}
 
 
 def cpu_name() -> str:
@@ -136,6 +140,7 @@ def measure_cost(device: str | torch.device | None = None, sample_interval: floa
             torch.cuda.synchronize(dev)
             result.seconds = time.perf_counter() - t0
             result.peak_memory_bytes = int(torch.cuda.max_memory_allocated(dev))
+            result.peak_reserved_bytes = int(torch.cuda.max_memory_reserved(dev))
         return
 
     result.device_name = cpu_name()
