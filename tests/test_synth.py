@@ -301,6 +301,9 @@ def test_training_objects_disjoint_from_sample_set(batch):
     keys = {pipe.object_geometry_key(p / "model.obj") for _, p in synth.list_synth(batch)}
     assert len(keys) == 48
     assert not keys & held_out
+    ycb = REPO / "data" / "ycb" / "index.json"  # real scans usable for training (geometry only)
+    if ycb.is_file():
+        assert not {o["geometry_key"] for o in json.loads(ycb.read_text())["objects"]} & held_out
     synth_root = REPO / "data" / "synth"  # the generated training set, when present
     if (synth_root / "manifest.jsonl").is_file():
         recs = pipe.read_manifest(synth_root / "manifest.jsonl").values()
