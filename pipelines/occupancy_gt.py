@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import resource
 import signal
@@ -33,6 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+from geolrm_bench.pipelines.cluster import init_ray
 
 from geolrm_bench import occupancy as occ
 from geolrm_bench.errors import BenchError, one_line
@@ -279,22 +280,10 @@ def worker_env(cfg: OccupancyGTConfig) -> dict[str, str]:
 
 
 def _init_ray(cfg: OccupancyGTConfig):
-    """Start (or join) Ray quietly; returns (ray module, whether we must shut it down)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """Start (or join) Ray with :func:`worker_env`; returns (ray module, whether we must shut it down)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before worker_env copies them
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-    try:
-        import ray
-    except ImportError as e:  # pragma: no cover - ray is a dependency
-        raise BenchError(f"ray is not installed ({e}); use --local") from None
-    if ray.is_initialized():
-        return ray, False
-    kw: dict = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-                    configure_logging=True, runtime_env={"env_vars": worker_env(cfg)})
-    if cfg.address:
-        ray.init(address=cfg.address, **kw)
-    else:
-        ray.init(num_cpus=cfg.num_cpus or os.cpu_count() or 1, **kw)
-    return ray, True
+    return init_ray(cfg.address, cfg.num_cpus, worker_env(cfg))
 
 
 def _run_local(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
