@@ -7,11 +7,16 @@ sibling name and moved into place with :func:`os.replace` (atomic on POSIX).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -107,6 +112,13 @@ def save_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
         _raise_write_error(e, path)
         raise
     return path
+
+
+def save_npz_atomic(path: str | Path, **arrays: np.ndarray) -> Path:
+    """``np.savez`` (uncompressed) of ``arrays`` to ``path`` atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,6 +228,23 @@ def link_outside_root(path: str | Path, root: str | Path) -> Path | None:
     return None
 
 
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Check, before any work, that a file can be written at ``path`` (a name the user gave with
+    ``flag``): not a folder, not a link, its parent not a file. An existing regular file is
+    replaced (atomically) when the run finishes: naming it is asking for that."""
+    path = Path(path)
+    if path.is_symlink():
+        raise BenchError(f"{flag} is a symbolic link; geolrm-bench never writes through links", path)
+    if path.is_dir():
+        raise BenchError(f"{flag} is a folder; give a file name (e.g. {path / 'metrics.csv'})", path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BenchError(f"{flag}: is a file, not a folder", parent)
+            break
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | Path, overwrite: bool = True, markers: tuple[str, ...] = ()) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success rename it to ``final``.
@@ -249,6 +278,180 @@ def atomic_dir(final: str | Path, overwrite: bool = True, markers: tuple[str, ..
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --------------------------------------------------------------------------------------------
+# one run per output root: a lock file with the owner's pid and host
+# --------------------------------------------------------------------------------------------
+LOCK_NAME = ".geolrm-bench.lock"
+_HELD_LOCKS: dict[Path, int] = {}  # lock file -> depth, for this process
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this machine (a zombie or another user's counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        info = json.loads(path.read_text())
+        return info if isinstance(info, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _lock_is_stale(info: dict | None, path: Path) -> bool:
+    """A lock of a dead process on this host (or unreadable for over a minute) is stale."""
+    if info is None:
+        try:
+            return time.time() - path.stat().st_mtime > 60
+        except OSError:
+            return True
+    return info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid") or 0))
+
+
+def acquire_output_lock(root: str | Path, wait: bool = False, poll_s: float = 2.0,
+                        log=None) -> Path:
+    """Take the lock of output root ``root`` (file :data:`LOCK_NAME`: pid, host, start, command).
+
+    Held until :func:`release_output_lock` or the process exits. Re-entrant within a process.
+    A lock held by a live process (or by any process on another host): without ``wait`` a
+    :class:`BenchError` saying who holds it; with ``wait``, poll until it is free. A lock left
+    by a dead process of this host is taken over (the other host's must be removed by hand).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = (root / LOCK_NAME).absolute()
+    if path in _HELD_LOCKS:
+        _HELD_LOCKS[path] += 1
+        return path
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv)}
+    announced = False
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_umask())
+        except FileExistsError:
+            info = _read_lock(path)
+            if _lock_is_stale(info, path):
+                _take_over(path, info)
+                continue
+            who = (f"pid {info.get('pid')} on {info.get('host')} since {info.get('started_utc')} "
+                   f"({info.get('command', '')})") if info else "another run"
+            if not wait:
+                raise BenchError(f"in use by {who}; wait for it to finish, rerun with --wait, or use "
+                                 f"another output folder (a dead run's lock on another host: delete {path})",
+                                 root) from None
+            if log is not None and not announced:
+                log(f"waiting for {root}: in use by {who}")
+                announced = True
+            time.sleep(poll_s)
+            continue
+        except OSError as e:
+            why = e.strerror or type(e).__name__
+            raise BenchError(f"cannot create the lock file ({why})", path) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        _HELD_LOCKS[path] = 1
+        return path
+
+
+def _take_over(path: Path, seen: dict | None) -> None:
+    """Remove a stale lock, unless another process replaced it meanwhile (then put it back)."""
+    aside = path.with_name(f"{path.name}.stale.{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    if _read_lock(aside) != seen:  # not the one we judged stale: restore it (never clobbering)
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+    aside.unlink(missing_ok=True)
+
+
+def release_output_lock(path: Path) -> None:
+    """Release one level of a lock from :func:`acquire_output_lock` (the file goes at depth 0)."""
+    path = Path(path).absolute()
+    depth = _HELD_LOCKS.get(path, 0) - 1
+    if depth > 0:
+        _HELD_LOCKS[path] = depth
+        return
+    _HELD_LOCKS.pop(path, None)
+    info = _read_lock(path)
+    if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_lock(root: str | Path, wait: bool = False, log=None) -> Iterator[Path]:
+    """``with output_lock(root, wait):`` one run at a time on ``root`` (:func:`acquire_output_lock`)."""
+    path = acquire_output_lock(root, wait=wait, log=log)
+    try:
+        yield path
+    finally:
+        release_output_lock(path)
+
+
+@atexit.register
+def _release_all_locks() -> None:
+    for path in list(_HELD_LOCKS):
+        _HELD_LOCKS[path] = 1
+        release_output_lock(path)
+
+
+# --------------------------------------------------------------------------------------------
+# leftovers of crashed runs
+# --------------------------------------------------------------------------------------------
+STAGING_PREFIX = ".staging-"
+
+
+def staging_prefix() -> str:
+    """Prefix of a private staging folder of this process: ``.staging-<host>-<pid>-`` (the
+    owner is then recognisable by :func:`remove_stale_staging`)."""
+    host = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname())
+    return f"{STAGING_PREFIX}{host}-{os.getpid()}-"
+
+
+def _folder_bytes(folder: Path) -> int:
+    n = 0
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            with contextlib.suppress(OSError):
+                n += os.lstat(os.path.join(dirpath, f)).st_size
+    return n
+
+
+def remove_stale_staging(folder: str | Path) -> tuple[int, int]:
+    """Delete ``.staging-*`` folders in ``folder`` whose owner process is gone; (count, bytes).
+
+    Owner from the name (:func:`staging_prefix`): a dead pid of this host is gone; folders of
+    older versions (no pid in the name) count as gone, as callers hold the output root's lock
+    (:func:`acquire_output_lock`) so no other run can be using them; another host's are kept.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0, 0
+    host = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname())
+    count = size = 0
+    for p in folder.iterdir():
+        if not p.name.startswith(STAGING_PREFIX) or p.is_symlink() or not p.is_dir():
+            continue
+        m = re.match(rf"^{re.escape(STAGING_PREFIX)}(.+)-(\d+)-[^-]+$", p.name)
+        if m is not None:
+            if m.group(1) != host or pid_alive(int(m.group(2))):
+                continue
+        size += _folder_bytes(p)
+        shutil.rmtree(p, ignore_errors=True)
+        count += 1
+    return count, size
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:

@@ -27,6 +27,7 @@ import json
 import os
 import resource
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,7 +38,17 @@ from geolrm_bench.pipelines.cluster import init_ray
 
 from geolrm_bench import occupancy as occ
 from geolrm_bench.errors import BenchError, one_line
-from geolrm_bench.io import read_json, sha256_file, write_json_atomic, write_text_atomic
+from geolrm_bench.io import (
+    check_replaceable,
+    ensure_output_root,
+    output_lock,
+    read_json,
+    remove_stale_staging,
+    sha256_file,
+    staging_prefix,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 MANIFEST_NAME = "manifest.jsonl"
 META_NAME = "meta.json"
@@ -61,6 +72,7 @@ class OccupancyGTConfig:
     report_dir: Path | None = None  # default reports/occupancy/<run>
     local: bool = False  # run in this process without Ray (debugging)
     progress: bool = True
+    wait: bool = False  # wait for another run holding the lock on ``out`` instead of exiting 2
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -93,6 +105,7 @@ class RunResult:
     report_dir: Path
     report_files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    stale_staging: tuple[int, int] = (0, 0)  # (folders, bytes) of crashed runs' staging removed
 
 
 # ----------------------------------------------------------------------------- planning
@@ -248,10 +261,12 @@ def _render_into(item: WorkItem, views_dir: Path, render_resolution: int, backen
 
     asset = item.ref.load()
     views_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=views_dir.parent))
+    check_replaceable(views_dir, overwrite=True, markers=("metadata.json",))  # a user's folder: refused
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=views_dir.parent))  # owner in the name
     try:
         got = Path(rendering.render_object(asset, staging, resolution=render_resolution, backend=backend))
-        if views_dir.exists():  # an incomplete or stale render (no metadata.json): replace it
+        if views_dir.exists():  # empty, or our stale render at other settings: replace it
+            check_replaceable(views_dir, overwrite=True, markers=("metadata.json",))
             shutil.rmtree(views_dir)
         os.replace(got, views_dir)
     finally:
@@ -355,9 +370,17 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
 def run_occupancy_gt(cfg: OccupancyGTConfig) -> RunResult:
     """Run the whole pipeline; returns records (plan order), counts and where the report went."""
     t_start = time.perf_counter()
-    items = plan_items(cfg)
     out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_output_root(out, markers=(MANIFEST_NAME, "occupancy", "renders"), kind="occupancy-gt")
+    if cfg.report_dir is not None:  # checked now, not after every object was processed
+        ensure_output_root(cfg.report_dir, markers=("summary.md", "config.json"), kind="occupancy-report")
+    with output_lock(out, wait=cfg.wait, log=lambda m: print(m, file=sys.stderr, flush=True)):
+        return _run_locked(cfg, out, t_start)
+
+
+def _run_locked(cfg: OccupancyGTConfig, out: Path, t_start: float) -> RunResult:
+    stale = remove_stale_staging(out / "renders")  # crashed workers' leftovers (we hold the lock)
+    items = plan_items(cfg)
     manifest_path = out / MANIFEST_NAME
     manifest = read_manifest(manifest_path)
     records: dict[str, dict] = {}
@@ -402,7 +425,7 @@ def run_occupancy_gt(cfg: OccupancyGTConfig) -> RunResult:
     report_dir = cfg.report_dir or Path("reports") / "occupancy" / run_name
     seconds = time.perf_counter() - t_start
     files = write_report(ordered, report_dir, cfg, seconds=seconds)
-    return RunResult(ordered, counts, out, manifest_path, report_dir, files, seconds)
+    return RunResult(ordered, counts, out, manifest_path, report_dir, files, seconds, stale)
 
 
 def _progress(total: int, enabled: bool):
