@@ -26,6 +26,7 @@ Conventions:
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -48,7 +49,7 @@ from geolrm_bench.cameras import (
 )
 from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.gobjaverse import INDEX_NAME, write_view
-from geolrm_bench.io import atomic_dir, remove_stale_temporaries, write_json_atomic
+from geolrm_bench.io import atomic_dir, check_replaceable, remove_stale_temporaries, write_json_atomic
 
 BACKENDS = ("osmesa", "egl")
 METADATA_NAME = "metadata.json"
@@ -188,8 +189,11 @@ def _get_renderer(backend: str, width: int, height: int):
     return r
 
 
+@atexit.register  # before interpreter teardown: a GL context freed later printed PyOpenGL noise
 def close_renderers() -> None:
-    """Release the cached GL contexts."""
+    """Release the cached GL contexts (also at exit, while PyOpenGL can still import its array
+    handlers: freed during teardown it printed ``dict_keys([...])`` and ``Unable to import
+    OpenGL.arrays...``)."""
     while _RENDERERS:
         _, r = _RENDERERS.popitem()
         try:
@@ -462,6 +466,8 @@ def render_collection(refs: Iterable, out_root: str | Path, resolution: int = 51
             summary.skipped.append(name)
             continue
         try:
+            # a folder of that name the toolkit did not write (no metadata.json): refused, untouched
+            check_replaceable(out_root / name, overwrite=True, markers=(METADATA_NAME,))
             asset = ref.load()
             render_object(asset, out_root, resolution=resolution, backend=backend, views=views,
                           exr_compression=exr_compression)

@@ -7,14 +7,21 @@ camera JSON with c2w in OpenCV axes of a Z-up world, ``_nd.exr`` normals + z-dep
 ``metadata.json``; ``DIR/index.json`` lists the finished objects. Rendering is unlit
 albedo (see :mod:`geolrm_bench.rendering`). Re-running skips finished objects
 (``--force`` re-renders); a failing object is reported and the others still render.
+Only the toolkit's own object folders are ever replaced (a folder of the same name without
+``metadata.json`` is left alone and that object fails); one run per ``DIR`` at a time (a lock
+file; ``--wait`` waits). Exit status: 0 all rendered, 1 some objects failed (index.json lists
+them), 2 bad input or ``DIR`` in use.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from geolrm_bench.errors import BenchError
+from geolrm_bench.gobjaverse import INDEX_NAME
+from geolrm_bench.io import ensure_output_root, output_lock
 
 
 def register(subparsers) -> None:
@@ -39,6 +46,8 @@ def register(subparsers) -> None:
                         "zip is ~40%% smaller and ~2x slower to encode)")
     p.add_argument("--force", action="store_true", help="re-render objects that are already finished")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--wait", action="store_true",
+                   help="if another run holds --out (its lock file), wait for it instead of exiting 2")
     p.set_defaults(func=run)
 
 
@@ -62,12 +71,16 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         refs = refs[: args.limit]
     out = args.out if args.out is not None else Path("out") / "render" / kind
+    ensure_output_root(out, markers=(INDEX_NAME,), kind="render")  # a file or someone's folder: exit 2
     print(f"rendering {len(refs)} {kind} object(s) from {src} -> {out} "
           f"({args.resolution}x{args.resolution}, {args.backend})")
-    summary = render_collection(refs, out, resolution=args.resolution, backend=args.backend,
-                                skip_existing=not args.force, views=args.views,
-                                exr_compression=args.exr_compression, progress=not args.quiet)
+    with output_lock(out, wait=args.wait, log=lambda m: print(m, file=sys.stderr, flush=True)):
+        summary = render_collection(refs, out, resolution=args.resolution, backend=args.backend,
+                                    skip_existing=not args.force, views=args.views,
+                                    exr_compression=args.exr_compression, progress=not args.quiet)
     print(summary)
-    if summary.failed:
-        raise BenchError(f"{len(summary.failed)} of {len(refs)} object(s) failed (listed above)")
+    if summary.failed:  # exit 1: some objects failed, index.json written
+        print(f"{len(summary.failed)} of {len(refs)} object(s) failed (listed above and in "
+              f"{out / INDEX_NAME})", file=sys.stderr)
+        return 1
     return 0
