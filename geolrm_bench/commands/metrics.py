@@ -14,6 +14,9 @@ taken as given, in ONE frame: nothing is aligned or rescaled.
 
 With ``--out FILE.csv`` the rows are also written (atomically) as CSV:
 ``name, psnr, ssim, lpips`` or ``name, chamfer, fscore@TAU...``.
+
+Exit status: 0 every file scored; 1 (images) some PNGs had no counterpart (listed on
+stderr; the others scored and written); 2 bad input (unreadable file, ``--out`` a folder).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from geolrm_bench.errors import BenchError, one_line
+from geolrm_bench.io import check_output_file
 
 
 def register(subparsers) -> None:
@@ -140,6 +144,8 @@ def image_metrics_table(pred_dir: Path, gt_dir: Path, lpips_net: str | None = "v
 
 
 def run_images(args) -> int:
+    if args.out is not None:
+        check_output_file(args.out)  # before the work, not after it
     net = None if args.lpips_net == "none" else args.lpips_net
     rows, only_pred, only_gt = image_metrics_table(args.pred_dir, args.gt_dir, net, args.device,
                                                    progress=not args.quiet)
@@ -156,7 +162,7 @@ def run_images(args) -> int:
     if args.out is not None:
         _write_csv(args.out, header, rows)
         print(f"wrote {args.out}")
-    return 0
+    return 1 if (only_pred or only_gt) else 0  # 1: some files could not be scored (listed on stderr)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -228,6 +234,8 @@ def load_shape_points(path: Path, n: int, seed: int, opacity_threshold: float = 
 def run_geometry(args) -> int:
     from geolrm_bench.metrics import geometry_metrics, tau_key
 
+    if args.out is not None:
+        check_output_file(args.out)
     if args.num_points <= 0:
         raise BenchError(f"--num-points must be positive, got {args.num_points}")
     if any(not t > 0 for t in args.tau):
