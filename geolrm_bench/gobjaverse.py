@@ -28,6 +28,7 @@ Conventions:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -46,7 +47,9 @@ from geolrm_bench.cameras import (
     write_camera_json,
 )
 from geolrm_bench.errors import BenchError
-from geolrm_bench.io import read_json, write_bytes_atomic
+from geolrm_bench.io import link_outside_root, read_json, write_bytes_atomic
+
+_LOG = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch is imported lazily (in load_views): writers and numpy readers never load it
     import torch
@@ -283,11 +286,39 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor: 
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+#: largest allowed |R^T R - I| entry and |det R - 1| of a camera JSON's rotation (x, y, z columns);
+#: files store 7-8 significant digits, so a real rotation is within ~1e-6
+ROTATION_TOLERANCE = 1e-3
+
+
+def check_camera_rotation(c2w_opencv: np.ndarray, path: str | Path,
+                          tol: float = ROTATION_TOLERANCE) -> None:
+    """Raise BenchError naming ``path`` unless the c2w's 3x3 block is a rotation: finite,
+    orthonormal columns (max |R^T R - I| <= ``tol``) and det within ``tol`` of +1 (no
+    reflection, no zero or repeated axis). A singular camera would otherwise be used as is."""
+    R = np.asarray(c2w_opencv, dtype=np.float64)[:3, :3]
+    if not np.isfinite(R).all():
+        raise BenchError("camera rotation (x, y, z) has non-finite entries", path)
+    err = float(np.abs(R.T @ R - np.eye(3)).max())
+    det = float(np.linalg.det(R))
+    if err > tol or abs(det - 1.0) > tol:
+        raise BenchError(f"camera x, y, z axes are not a rotation (max |R^T R - I| = {err:.3g}, "
+                         f"det = {det:.3g}; tolerance {tol:g})", path)
+
+
+def read_view_camera(path: str | Path) -> CameraJSON:
+    """:func:`~geolrm_bench.cameras.read_camera_json` plus :func:`check_camera_rotation`: the
+    one reader of view cameras for loading, occupancy and reconstruction."""
+    cam = read_camera_json(path)
+    check_camera_rotation(cam.c2w_opencv, path)
+    return cam
+
+
 def load_view_arrays(object_dir: str | Path, index: int, clean: bool = True) -> dict[str, object]:
     """One view as numpy: ``rgba`` [H,W,4] float32, ``normals`` [H,W,3] (Blender frame), ``depth`` [H,W]
     (cleaned if ``clean``), ``camera`` (:class:`~geolrm_bench.cameras.CameraJSON`)."""
     p = view_paths(object_dir, index)
-    cam: CameraJSON = read_camera_json(p["json"])
+    cam: CameraJSON = read_view_camera(p["json"])
     rgba = read_png_rgba(p["png"])
     normals, depth = read_nd_exr(p["exr"])
     if depth.shape != rgba.shape[:2]:
@@ -418,6 +449,7 @@ def list_rendered_objects(root: str | Path) -> list[Path]:
         out = [root / x for x in data]
         if name == GOBJAVERSE_INDEX_NAME:
             out = [p for p in out if p.is_dir()]
+        warn_links_outside(root, out)
         return out
     found: list[Path] = []
     for p in sorted(root.iterdir()):
@@ -428,4 +460,23 @@ def list_rendered_objects(root: str | Path) -> list[Path]:
         else:
             found.extend(q for q in sorted(p.iterdir())
                          if q.is_dir() and not q.name.startswith(".") and is_gobjaverse_object(q))
+    warn_links_outside(root, found)
     return found
+
+
+def warn_links_outside(root: Path, objects: list[Path]) -> list[str]:
+    """Log (and return) one warning per object whose folder, or one of whose view folders, is
+    reached through a symbolic link pointing outside ``root``: followed for reading, never
+    written through (README, "Rules for outputs and errors")."""
+    out = []
+    for obj in objects:
+        links = [obj] if link_outside_root(obj, root) is not None else []
+        if not links and obj.is_dir():
+            links = [obj / view_name(i) for i in range(NUM_VIEWS)
+                     if (obj / view_name(i)).is_symlink() and link_outside_root(obj / view_name(i), root)]
+        if links:
+            out.append(f"{obj}: {', '.join(p.name for p in links)} is a symbolic link to "
+                       f"{links[0].resolve()}, outside {root}; reading it there "
+                       "(geolrm-bench never writes through links)")
+            _LOG.warning("warning: %s", out[-1])
+    return out

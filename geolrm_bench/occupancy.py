@@ -342,7 +342,7 @@ def read_object_depths(
     - 0.867 dropped, valid mask eroded 3x3). Missing/unreadable files raise BenchError naming them.
     """
     from geolrm_bench import gobjaverse  # engineer 1's module; imported lazily
-    from geolrm_bench.cameras import NUM_VIEWS, read_camera_json
+    from geolrm_bench.cameras import NUM_VIEWS
 
     object_dir = Path(object_dir)
     if not object_dir.is_dir():
@@ -351,7 +351,7 @@ def read_object_depths(
     depths, c2ws, Ks = [], [], []
     for i in idx:
         p = gobjaverse.view_paths(object_dir, i)
-        cam = read_camera_json(p["json"])
+        cam = gobjaverse.read_view_camera(p["json"])  # a non-rotation fails this object, named
         _, depth = gobjaverse.read_nd_exr(p["exr"])
         if clean:
             depth = gobjaverse.clean_depth(depth, cam.distance)
