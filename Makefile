@@ -71,6 +71,27 @@ render: data-sample
 occupancy-gt: data-sample
 	$(VENV)/bin/geolrm-bench occupancy-gt $(if $(LIMIT),--limit $(LIMIT))
 
+# Both training stages of $(PRESET) on a few sample objects (a few minutes on a CPU). Rerunning
+# resumes each stage from its newest checkpoint (a finished stage just re-exports its model).
+TRAIN_DATA ?= $(OUT)/train-data
+TRAIN_LIMIT ?= 6
+TRAIN_STEPS1 ?= 120
+TRAIN_STEPS2 ?= 40
+TRAIN_WORKERS ?= 1
+TRAIN_ARGS ?=
+train: data-sample
+	$(VENV)/bin/geolrm-bench occupancy-gt --out $(TRAIN_DATA) --limit $(TRAIN_LIMIT) --render-resolution 128 \
+	  --report-dir $(TRAIN_DATA)/report
+	$(VENV)/bin/geolrm-bench train --stage proposal --data $(TRAIN_DATA) --preset $(PRESET) \
+	  --out $(OUT)/train/proposal --steps $(TRAIN_STEPS1) --num-workers $(TRAIN_WORKERS) \
+	  --config warmup=10 --config total_steps=$(TRAIN_STEPS1) --config checkpoint_every=20 \
+	  --config val_every=40 $(TRAIN_ARGS)
+	$(VENV)/bin/geolrm-bench train --stage reconstruction --data $(TRAIN_DATA) --preset $(PRESET) \
+	  --proposal $(OUT)/train/proposal --out $(OUT)/train/reconstruction --steps $(TRAIN_STEPS2) \
+	  --accumulate 2 --num-workers $(TRAIN_WORKERS) --config warmup=4 --config total_steps=$(TRAIN_STEPS2) \
+	  --config render_size=64 --config checkpoint_every=5 --config val_every=10 $(TRAIN_ARGS)
+	@echo "evaluate: $(VENV)/bin/geolrm-bench eval --dataset sample --checkpoint $(OUT)/train/reconstruction"
+
 eval-gso: setup
 	$(if $(GSO_ROOT),,@$(MAKE) --no-print-directory data-sample)
 	$(VENV)/bin/geolrm-bench eval $(if $(GSO_ROOT),--dataset gso --root $(GSO_ROOT),--dataset sample) \

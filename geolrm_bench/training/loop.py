@@ -184,6 +184,11 @@ class Batch:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def select(self, index: slice | list[int]) -> Batch:
+        """Objects ``index`` of the batch (e.g. ``b.select(slice(0, 1))``)."""
+        return Batch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                        for f in fields(self)})
+
 
 def make_batch(dataset: TrainDataset, items: list[int], rng: np.random.Generator, cfg: TrainConfig) -> Batch:
     """Load ``items`` with the official sampling (one input draw and background per micro-batch)."""
