@@ -21,7 +21,7 @@ OUT ?= out
 SYNTH_COUNT ?= 1000
 SYNTH_SEED ?= 0
 
-.PHONY: setup apt test test-fast lint bench data-sample synth render occupancy-gt eval-gso eval-omni sweep-views clean
+.PHONY: setup apt test test-fast lint bench data-sample synth render occupancy-gt train eval-gso eval-omni sweep-views clean
 
 setup: $(STAMP)
 
