@@ -456,3 +456,46 @@ def test_short_runs_lower_each_stage_loss_and_the_run_loads_in_eval(train_data, 
                 "--input-views", "0,6,12,18", "--resolution", "32", "--render-views", "3",
                 "--out", str(tmp_path / "rec"), "--device", "cpu"])
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+@needs_renderer
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(train_data, tmp_path, one_thread):
+    """An absurd LR (1e25) blows the weights up after the first update: the run stops at the first
+    non-finite loss without stepping, keeps the update-1 checkpoint and writes no final model."""
+    import json
+
+    from geolrm_bench.training.runner import train_local
+
+    cfg = TrainConfig(stage="proposal", data=train_data, out=tmp_path / "nan", model_overrides=SMALL,
+                      batch_size=1, steps=4, lr=1e25, warmup=0, total_steps=4, checkpoint_every=1,
+                      val_every=0, progress=False)
+    with pytest.raises(BenchError, match="non-finite") as err:
+        train_local(cfg)
+    assert "step_00000001" in str(err.value)
+    status = json.loads((tmp_path / "nan" / "status.json").read_text())
+    assert status["status"] == "nonfinite" and status["step"] == 1
+    assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir()) == ["step_00000001"]
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+    rows = (tmp_path / "nan" / "metrics.csv").read_text().splitlines()
+    assert rows[-1].split(",")[-1] == "0"  # the failing update is logged with finite = 0
+
+
+@pytest.mark.slow
+@needs_renderer
+def test_ray_train_two_workers_survive_a_worker_crash(train_data, tmp_path):
+    """Ray Train, 2 gloo workers: rank 0 dies (os._exit) after update 3; FailureConfig restarts the
+    group from the update-2 checkpoint, the run finishes and its folder loads as a model."""
+    out = _cli(["train", "--stage", "proposal", "--data", str(train_data), "--out", str(tmp_path / "ray"),
+                "--preset", "tiny", "--num-workers", "2", "--quiet", "--steps", "4", "--batch-size", "1",
+                "--config", "model.input_size=56", "--config", "warmup=1", "--config", "total_steps=4",
+                "--config", "checkpoint_every=2", "--config", "val_every=0",
+                "--config", "threads_per_worker=1", "--config", "crash_at_step=3"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "ray"
+    assert (run / ".crashed").is_file()  # the crash did happen
+    assert (run / "ray" / "checkpoint_00000004" / "state.pt").is_file()
+    steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4]
+    from geolrm_bench.model.geolrm import GeoLRM
+
+    assert GeoLRM.from_pretrained(run).cfg.input_size == 56

@@ -41,9 +41,9 @@ def geo_scal_loss(logits: Tensor, target: Tensor) -> Tensor:  # [B, R, R, R] x2 
     precision = inter / p.sum()
     recall = inter / g.sum()
     spec = ((1 - g) * (1 - p)).sum() / (1 - g).sum()
-    one = torch.ones((), dtype=p.dtype, device=p.device)
-    return (F.binary_cross_entropy(precision, one) + F.binary_cross_entropy(recall, one)
-            + F.binary_cross_entropy(spec, one))
+    # BCE(x, 1) = -max(log x, -100), written out: F.binary_cross_entropy raises on NaN input, and a
+    # diverged run must report a non-finite loss, not crash
+    return sum(-torch.log(x).clamp(min=-100.0) for x in (precision, recall, spec))
 
 
 # ----------------------------------------------------------------------------- stage 2
