@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from geolrm_bench.errors import BenchError
@@ -86,13 +87,63 @@ def _init_ray(cfg: TrainConfig, threads: int):
         return ray, False
     env = {k: os.environ[k] for k in ("RAY_AUTH_MODE", "PYOPENGL_PLATFORM") if k in os.environ}
     env.update({k: str(threads) for k in THREAD_ENV_VARS})
+    # log_to_driver off: the driver draws the progress bar itself (from metrics.csv), and Ray's own
+    # monitor threads are noisy when several Ray instances share a machine; errors still come back
     kw: dict = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True,
-                    runtime_env={"env_vars": env})
+                    log_to_driver=False, runtime_env={"env_vars": env})
     if cfg.address:
         ray.init(address=cfg.address, **kw)
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, cfg.num_workers * threads), **kw)
     return ray, True
+
+
+class _Progress:
+    """A tqdm bar on the driver that follows ``RUN/metrics.csv`` (written by rank 0) from a thread."""
+
+    def __init__(self, run_dir: Path, total: int, stage: str, enabled: bool):
+        self.path, self.total, self.stage = run_dir / "metrics.csv", total, stage
+        self.enabled = enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.enabled:
+            self._thread.join(timeout=5)
+
+    def _last_row(self) -> dict | None:
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError:
+            return None
+        if len(lines) < 2:
+            return None
+        head, last = lines[0].split(","), lines[-1].split(",")
+        return dict(zip(head, last)) if len(last) == len(head) else None
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.total, desc=f"train {self.stage}", unit="step", dynamic_ncols=True)
+        try:
+            while not self._stop.wait(1.0):
+                row = self._last_row()
+                if row and row.get("step", "").isdigit():
+                    bar.n = int(row["step"])
+                    bar.set_postfix(loss=row.get("loss"), lr=row.get("lr"), refresh=False)
+                    bar.refresh()
+            row = self._last_row()
+            if row and row.get("step", "").isdigit():
+                bar.n = int(row["step"])
+                bar.refresh()
+        finally:
+            bar.close()
 
 
 def _last_line(err: BaseException) -> str:
@@ -120,6 +171,7 @@ def run_training(cfg: TrainConfig, local: bool = False) -> dict:
     if cfg.threads_per_worker is None and not cfg.use_gpu:
         cfg.threads_per_worker = threads
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    show_progress, cfg.progress = cfg.progress, False  # workers draw nothing; the driver follows metrics.csv
     ray, own = _init_ray(cfg, threads)
     try:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -135,7 +187,8 @@ def run_training(cfg: TrainConfig, local: bool = False) -> dict:
                                  failure_config=FailureConfig(max_failures=cfg.max_failures)),
         )
         try:
-            result = trainer.fit()
+            with _Progress(cfg.out, cfg.steps, cfg.stage, show_progress):
+                result = trainer.fit()
             error = result.error
         except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; report their last line
             error = e
