@@ -107,5 +107,21 @@ sweep-views: setup
 	$(VENV)/bin/geolrm-bench sweep-views $(if $(GSO_ROOT),--dataset gso --root $(GSO_ROOT),--dataset sample) \
 	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--preset $(PRESET)) $(if $(LIMIT),--limit $(LIMIT))
 
+# GPU check (issue 14; README "GPU check"). Deliberately NOT dependent on `setup`: on an offline GPU
+# node with a stock image (torch, transformers, numpy) and no .venv it runs the node's $(GPU_PYTHON)
+# with the checkout on PYTHONPATH, after installing the wheels that scripts/gpu_carry_kit.sh put in
+# gpu_kit/ (gsplat) into gpu_kit/site, offline. With a .venv (a development machine) it uses that.
+# Without CUDA it prints "no CUDA: ..." and exits 0. Options: make gpu-check GPU_CHECK_ARGS="--quick"
+GPU_PYTHON ?= python3
+GPU_KIT := gpu_kit
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@if [ -x $(PY) ]; then $(PY) -m geolrm_bench.gpu_check $(GPU_CHECK_ARGS); else \
+	  if ls $(GPU_KIT)/*.whl >/dev/null 2>&1; then rm -rf $(GPU_KIT)/site && \
+	    $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --target $(GPU_KIT)/site \
+	      $(GPU_KIT)/*.whl || exit 1; fi; \
+	  PYTHONPATH="$(CURDIR)$$([ -d $(GPU_KIT)/site ] && echo ":$(CURDIR)/$(GPU_KIT)/site")$${PYTHONPATH:+:$$PYTHONPATH}" \
+	    $(GPU_PYTHON) -m geolrm_bench.gpu_check $(GPU_CHECK_ARGS); fi
+
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache
