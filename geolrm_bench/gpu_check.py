@@ -590,11 +590,13 @@ def _gsplat_build(ctx: Context, timeout: float) -> tuple[bool, float, str]:
     Returns (built, seconds, reason). The build lands in torch's extension cache, which the
     in-process import then loads.
     """
-    env = dict(os.environ)
+    # this GPU's architecture only (a much shorter build), and the same settings in this process,
+    # whose later import of gsplat must load that build, not start another one
     if ctx.device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(ctx.device)
-        env.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")  # this GPU only: a much shorter build
-    env.setdefault("MAX_JOBS", str(max(1, (os.cpu_count() or 2) - 1)))
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{major}.{minor}")
+    os.environ.setdefault("MAX_JOBS", str(max(1, (os.cpu_count() or 2) - 1)))
+    env = dict(os.environ)
     code = ("import sys, gsplat.cuda._backend as b\n"
             "sys.exit(0 if getattr(b, '_C', None) is not None else 3)\n")
     t0 = time.perf_counter()

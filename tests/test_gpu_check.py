@@ -275,6 +275,7 @@ def _fake_gsplat(root: Path, backend_body: str) -> None:
 def test_gsplat_build_outcomes(tmp_path, monkeypatch, body, built, reason):
     _fake_gsplat(tmp_path, body)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("MAX_JOBS", "1")  # the build sets it in os.environ when unset
     ok, secs, why = gc._gsplat_build(_ctx(), timeout=60)
     assert ok is built and secs >= 0 and reason in why
 
@@ -289,6 +290,7 @@ def test_gsplat_build_timeout_kills_the_build(tmp_path, monkeypatch):
         time.sleep(60)
     """))
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("MAX_JOBS", "1")
     t0 = time.perf_counter()
     ok, secs, why = gc._gsplat_build(_ctx(), timeout=3)
     assert not ok and "did not finish in the 3 s left" in why and time.perf_counter() - t0 < 30

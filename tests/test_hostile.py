@@ -350,7 +350,7 @@ def test_outputs_never_written_through_links(tmp_path):
 # 13. headline geometry in the [-1, 1]^3 frame, metres and unit box beside it
 # --------------------------------------------------------------------------------------------
 def test_headline_geometry_is_not_saturated_in_metres():
-    from geolrm_bench.methods import geometry_scores
+    from geolrm_bench.scoring import geometry_scores
 
     # a 10 cm object (GSO-sized), prediction 1.5 cm off along x: in metres F-score@0.2 is 1.0
     # whatever the error; in [-1, 1]^3 the offset is 0.3 > 0.2, so the headline F-score is 0
@@ -364,9 +364,8 @@ def test_headline_geometry_is_not_saturated_in_metres():
 
 
 def test_report_names_the_frames():
-    from geolrm_bench.pipelines.evaluate import PER_OBJECT_COLUMNS
-
     from geolrm_bench.protocol import Protocol
+    from geolrm_bench.reports import PER_OBJECT_COLUMNS
 
     assert {"chamfer", "fscore", "chamfer_m", "fscore_m", "chamfer_unitbox", "fscore_unitbox"} <= set(
         PER_OBJECT_COLUMNS)
