@@ -314,6 +314,24 @@ def read_view_camera(path: str | Path) -> CameraJSON:
     return cam
 
 
+def load_cameras(object_dir: str | Path, views: Sequence[int]
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:  # [V,4,4], [V,3,3], (H, W)
+    """The cameras of ``views`` without their images: OpenGL c2w ``[V, 4, 4]`` and normalised
+    intrinsics ``[V, 3, 3]`` (float32, from the view JSONs) and the ``(H, W)`` of the first view's
+    PNG (read from its header). For rendering new images at the views' cameras."""
+    from PIL import Image  # PIL loads lazily in this module (the PNG reader above does the same)
+
+    cams = [read_view_camera(view_paths(object_dir, int(i))["json"]) for i in views]
+    png = view_paths(object_dir, int(views[0]))["png"]
+    try:
+        with Image.open(png) as im:
+            w, h = im.size
+    except (FileNotFoundError, OSError) as e:
+        raise BenchError(f"cannot read image size ({e})", png) from None
+    c2w = np.stack([opencv_to_opengl(c.c2w_opencv) for c in cams]).astype(np.float32)
+    return c2w, np.stack([c.intrinsics for c in cams]).astype(np.float32), (h, w)
+
+
 def load_view_arrays(object_dir: str | Path, index: int, clean: bool = True) -> dict[str, object]:
     """One view as numpy: ``rgba`` [H,W,4] float32, ``normals`` [H,W,3] (Blender frame), ``depth`` [H,W]
     (cleaned if ``clean``), ``camera`` (:class:`~geolrm_bench.cameras.CameraJSON`)."""

@@ -1,18 +1,22 @@
-"""Method adapters: turn one rendered object into test-view images and prediction points,
-and score them against the ground truth.
+"""Method adapters: turn one rendered object into test-view images and prediction points.
 
-A *method* is anything with ``device`` / ``checkpoint_kind`` / ``preset`` /
-``checkpoint_sha256`` attributes and a ``predict(object_dir, protocol[, name])`` returning a
-:class:`Prediction`:
+The interface is :class:`Method` (a small base class, like gsplat's ``Strategy``): a method
+has a ``device``, describes its weights (``checkpoint_kind``, ``preset``,
+``checkpoint_sha256``) and implements ONE call, ``predict(object_dir, protocol, name) ->``
+:class:`Prediction`. Implementations:
 
 - :class:`GeoLRMMethod`: the bundled GeoLRM (official ``.ckpt``, one of our
   ``from_pretrained`` folders, or a preset with random weights) reconstructs 3D Gaussians from
-  the protocol's input views and rasterizes them at the test views.
+  the protocol's input views and rasterizes them at the test views. ``geolrm-bench
+  reconstruct`` uses the same adapter (:meth:`GeoLRMMethod.reconstruct`).
 - :class:`PredictionsMethod`: method-agnostic; another method's outputs on disk, per object
   ``root/<object>/`` holding a 3DGS ``.ply`` (rasterized with :mod:`geolrm_bench.model.rasterize`), a mesh
   (``.obj/.glb/.gltf/.ply/.off/.stl``, rendered with :func:`geolrm_bench.rendering.render_views`)
   or the test views as ``<NNNNN>.png`` (no geometry then); an optional ``cost.json`` with
   ``inference_s`` / ``memory_gb`` / ``device`` supplies the method's cost.
+
+Trained checkpoints and simple baselines are further subclasses. :func:`build_method` makes
+one from a :class:`MethodSpec` (what the evaluation's model actor receives).
 
 Frames and cameras: every prediction (Gaussians, mesh, points) is in the **normalised object
 frame** (Z-up, object inside [-0.5, 0.5]^3, see :mod:`geolrm_bench.datasets`). Views come from
@@ -22,24 +26,19 @@ camera-to-world (``ViewBatch.c2w_opengl``: x right, y up, looking down -z) and n
 intrinsics (``fx/W, fy/H, cx/W = cy/H = 0.5``). Images are ``[T, 3, H, W]`` float32 in [0, 1],
 alpha-composited on the protocol's background (white), at ``protocol.resolution`` px.
 
-Scoring (:func:`image_scores`, :func:`geometry_scores`): PSNR / SSIM per test view; Chamfer /
-F-score headline (``chamfer`` / ``fscore``) with the object scaled to [-1, 1]^3 (the usual LRM
-evaluation frame), beside them the same in the ground-truth mesh's own frame in metres
-(``chamfer_m`` / ``fscore_m``: prediction points mapped back with the inverse of
-``ObjectAsset.to_normalized`` and multiplied by ``ObjectAsset.unit_m``) and in the normalised
-frame, longest side 1 (``chamfer_unitbox`` / ``fscore_unitbox``).
-
 Heavy libraries (torch, the model, trimesh, pyrender, PIL) are imported lazily, so importing this
 module is cheap (Ray workers import it to unpickle tasks).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,17 +50,18 @@ MESH_EXTS = (".obj", ".glb", ".gltf", ".ply", ".off", ".stl")
 GIB = float(1 << 30)
 
 
-def preload_torch_stack() -> None:
-    """Import torchvision (and with it torch._dynamo -> triton) BEFORE any OSMesa rendering.
+class CheckpointKind(StrEnum):
+    """Where a method's weights come from (written into reports as the plain string)."""
 
-    Observed here: once pyrender's OSMesa context is created in a process (Mesa links its own
-    LLVM), a later first import of torchvision/triton segfaults (LLVM symbol clash). Importing
-    them first is harmless, so every stage that may render calls this first.
-    """
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # torchvision absent or broken: nothing to protect
-        pass
+    OFFICIAL = "official"  # the official GeoLRM .ckpt
+    PRETRAINED = "pretrained"  # a GeoLRM.save_pretrained folder (config.json + model.safetensors)
+    RANDOM = "random"  # a preset with random weights: pipeline checks only
+    EXTERNAL = "external"  # another method's outputs (--predictions)
+
+    @classmethod
+    def of_checkpoint(cls, path: str | Path) -> CheckpointKind:
+        """``pretrained`` for a folder, ``official`` for a file."""
+        return cls.PRETRAINED if Path(path).is_dir() else cls.OFFICIAL
 
 
 def safe_name(name: str) -> str:
@@ -70,8 +70,22 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)
 
 
+def resolve_device(device: str | None) -> str:
+    """``auto``/empty -> ``cuda`` when available else ``cpu``; ``cuda*`` without CUDA, or anything
+    but cpu/cuda, is a BenchError."""
+    import torch  # heavy: only when a method is built
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda requested but CUDA is not available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise BenchError(f"--device must be cpu, cuda or auto, got {device!r}")
+    return device
+
+
 # --------------------------------------------------------------------------------------------
-# the prediction bundle
+# the prediction bundle and the interface
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Prediction:
@@ -97,21 +111,102 @@ class Prediction:
     extra: dict = field(default_factory=dict)
 
 
-def _resolve_device(device: str) -> str:
-    """``auto``/empty -> ``cuda`` when available else ``cpu``; ``cuda*`` without CUDA is a BenchError."""
-    import torch
+class Method:
+    """A method under evaluation. Subclasses set the attributes and implement :meth:`predict`.
 
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda requested but CUDA is not available")
-    return device
+    Attributes:
+        device: ``cpu`` or ``cuda[:i]``, resolved (never ``auto``).
+        checkpoint_kind: where the weights come from (:class:`CheckpointKind`).
+        preset: the model preset name ("" when not a GeoLRM preset).
+        checkpoint_sha256: SHA-256 of the weights file ("" when none); may be computed lazily.
+    """
+
+    device: str = "cpu"
+    checkpoint_kind: CheckpointKind = CheckpointKind.EXTERNAL
+    preset: str = ""
+    checkpoint_sha256: str = ""
+
+    def predict(self, object_dir: str | Path, protocol: Protocol, name: str) -> Prediction:
+        """Test views (``protocol.test_views`` at ``protocol.resolution`` px, cameras from the
+        GObjaverse folder ``object_dir``) and surface points of object ``name``. A bad object
+        raises (BenchError preferred); the caller turns it into a failed record."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What builds a method (picklable: sent to the evaluation's model actor).
+
+    ``predictions`` selects :class:`PredictionsMethod`; otherwise :class:`GeoLRMMethod` from
+    ``checkpoint`` or ``preset``. ``threads`` (torch CPU threads) is set by the scheduler.
+    """
+
+    checkpoint: str | None = None
+    preset: str | None = None
+    predictions: str | None = None
+    device: str = "auto"
+    max_tokens: int | None = None
+    input_size: int | None = None
+    seed: int = 0
+    threads: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change an object's numbers (the resume key): all but device/threads."""
+        return {"checkpoint": self.checkpoint, "preset": self.preset, "predictions": self.predictions,
+                "max_tokens": self.max_tokens, "input_size": self.input_size, "seed": self.seed}
+
+
+def build_method(spec: MethodSpec) -> Method:
+    """The :class:`Method` a spec describes (sets torch's CPU threads first when ``spec.threads``)."""
+    if spec.threads:
+        import torch  # heavy: only in the process that runs the method
+
+        torch.set_num_threads(int(spec.threads))
+    if spec.predictions:
+        return PredictionsMethod(spec.predictions, spec.device)
+    return GeoLRMMethod(spec.checkpoint, spec.preset, spec.device, spec.max_tokens, spec.input_size,
+                        spec.seed)
 
 
 # --------------------------------------------------------------------------------------------
 # GeoLRM
 # --------------------------------------------------------------------------------------------
-class GeoLRMMethod:
+def load_geolrm(checkpoint: str | None, preset: str | None, seed: int = 0):
+    """GeoLRM (eval mode, CPU) from an official ``.ckpt``, a ``save_pretrained`` folder, or a
+    preset with random weights (``torch.manual_seed(seed)`` before building; default ``tiny``).
+
+    Returns ``(model, CheckpointKind)``; a missing checkpoint is a BenchError naming it.
+    """
+    import torch  # heavy: only when a model is built
+
+    from geolrm_bench.model.geolrm import GeoLRM
+
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.exists():
+            raise BenchError("checkpoint not found", path)
+        kind = CheckpointKind.of_checkpoint(path)
+        pretrained = kind is CheckpointKind.PRETRAINED
+        model = GeoLRM.from_pretrained(path) if pretrained else GeoLRM.load_official(path)
+        return model.eval(), kind
+    from geolrm_bench.model.config import get_config
+
+    torch.manual_seed(seed)
+    return GeoLRM(get_config(preset or "tiny")).eval(), CheckpointKind.RANDOM
+
+
+@dataclass
+class Reconstruction:
+    """One object's reconstruction (CPU tensors): Gaussians, the proposal's occupancy, tokens, cost."""
+
+    gaussians: Any  # geolrm_bench.model.gaussians.Gaussians, unbatched [N]
+    logits: Any  # [R, R, R] occupancy logits (> 0 = occupied), before the token cap
+    num_tokens: int
+    num_token_slots: int
+    cost: Any  # geolrm_bench.metrics.cost.CostResult of proposal + tokens + reconstruction
+
+
+class GeoLRMMethod(Method):
     """GeoLRM from an official checkpoint, one of our saved folders, or a preset (random weights).
 
     Args:
@@ -122,103 +217,92 @@ class GeoLRMMethod:
         max_tokens: reconstruction token cap (None: the preset's).
         input_size: model input image size in px (None: the preset's).
         seed: seeds the random weights and the reconstruction's generator (CPU).
-
-    Attributes ``checkpoint_kind`` (``official`` / ``pretrained`` / ``random``), ``preset`` and
-    ``checkpoint_sha256`` describe the model for the report.
     """
 
-    def __init__(self, checkpoint: str | None, preset: str | None, device: str, max_tokens: int | None,
-                 input_size: int | None, seed: int = 0):
-        import torch
-
-        self.device = _resolve_device(device)
+    def __init__(self, checkpoint: str | None, preset: str | None, device: str = "auto",
+                 max_tokens: int | None = None, input_size: int | None = None, seed: int = 0):
+        self.device = resolve_device(device)
         self.max_tokens = None if max_tokens is None else int(max_tokens)
         self.seed = seed
-        self.checkpoint_sha256 = ""
-        if checkpoint:
-            path = Path(checkpoint)
-            if not path.exists():
-                raise BenchError("checkpoint not found", path)
-            if path.is_dir():
-                from geolrm_bench.model.geolrm import GeoLRM
-
-                self.model = GeoLRM.from_pretrained(path)
-                self.checkpoint_kind = "pretrained"
-                weights = sorted(path.glob("*.safetensors"))
-                self.checkpoint_sha256 = sha256_file(weights[0]) if weights else ""
-            else:
-                from geolrm_bench.model.checkpoint import load_official
-
-                self.model = load_official(path)
-                self.checkpoint_kind = "official"
-                self.checkpoint_sha256 = sha256_file(path)
-            self.preset = getattr(self.model.cfg, "name", "")
-        else:
-            from geolrm_bench.model.config import get_config
-            from geolrm_bench.model.geolrm import GeoLRM
-
-            self.preset = preset or "tiny"
-            torch.manual_seed(seed)
-            self.model = GeoLRM(get_config(self.preset))
-            self.checkpoint_kind = "random"
+        self.checkpoint = checkpoint
+        model, self.checkpoint_kind = load_geolrm(checkpoint, preset, seed)
+        self.preset = getattr(model.cfg, "name", "") if checkpoint else (preset or "tiny")
         if input_size is not None:
-            self.model.cfg.input_size = int(input_size)
-        self.model = self.model.to(self.device).eval()
+            model.cfg.input_size = int(input_size)
+        self.model = model.to(self.device)
 
-    def predict(self, object_dir: str, protocol: Protocol) -> Prediction:
-        """Reconstruct from ``protocol.input_views`` of the GObjaverse folder ``object_dir``
-        (inputs at their stored size; OpenGL c2w + normalised intrinsics to the model), then
+    @cached_property
+    def checkpoint_sha256(self) -> str:  # type: ignore[override]
+        """SHA-256 of the weights (the ``.ckpt``, or a folder's first ``.safetensors``); "" for random."""
+        if not self.checkpoint:
+            return ""
+        path = Path(self.checkpoint)
+        weights = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        return sha256_file(weights[0]) if weights else ""
+
+    def reconstruct(self, views) -> Reconstruction:
+        """Gaussians from the views of a :class:`geolrm_bench.gobjaverse.ViewBatch` (inputs at
+        their stored size; OpenGL c2w + normalised intrinsics): proposal -> token selection
+        (cap ``max_tokens``, generator seeded with ``seed``) -> reconstruction, timed and
+        memory-measured together (:func:`geolrm_bench.metrics.measure_cost`)."""
+        import torch  # heavy: only when a model runs
+
+        from geolrm_bench.metrics import measure_cost
+
+        dev = self.device
+        images = views.images[None].to(dev)  # [1, V, 3, H, W]
+        c2w = views.c2w_opengl[None].to(dev)  # [1, V, 4, 4] OpenGL
+        K = views.intrinsics[None].to(dev)  # [1, V, 3, 3] normalised
+        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        with torch.no_grad(), measure_cost(device=dev) as cost:
+            logits = self.model.propose(images, c2w, K)  # [1, R, R, R]
+            anchors = self.model.anchors_from_occupancy(logits, self.max_tokens, gen)
+            g = self.model.reconstruct(images, c2w, K, anchors=anchors)
+        return Reconstruction(gaussians=g[0].to("cpu"), logits=logits[0].cpu(), cost=cost,
+                              num_tokens=int(anchors.mask[0].sum()),
+                              num_token_slots=int(anchors.mask.shape[1]))
+
+    def predict(self, object_dir: str | Path, protocol: Protocol, name: str = "") -> Prediction:
+        """Reconstruct from ``protocol.input_views`` of the GObjaverse folder ``object_dir``, then
         rasterize the Gaussians at ``protocol.test_views`` at ``protocol.resolution`` px.
 
-        Time and peak memory (:func:`geolrm_bench.metrics.measure_cost`) cover the
-        reconstruction alone. Points: ``protocol.num_gt_points`` sampled from the Gaussians
-        (normalised frame, seed ``protocol.gt_seed``); None with a warning in ``extra`` when
-        there are none (e.g. every Gaussian below the opacity threshold).
+        Time and peak memory cover the reconstruction alone. Points: ``protocol.num_gt_points``
+        sampled from the Gaussians (normalised frame, seed ``protocol.gt_seed``); None with a
+        warning in ``extra`` when there are none (e.g. every Gaussian below the opacity threshold).
         """
-        import torch
+        import torch  # heavy: only when a model runs
 
         from geolrm_bench import gobjaverse
-        from geolrm_bench.metrics import measure_cost, prediction_points
+        from geolrm_bench.metrics import prediction_points
         from geolrm_bench.model.rasterize import render_gaussians
 
         vin = gobjaverse.load_views(object_dir, views=protocol.input_views, background=protocol.background)
         vt = gobjaverse.load_views(object_dir, views=protocol.test_views, background=protocol.background,
                                    resolution=protocol.resolution)
-        dev = self.device
-        images = vin.images[None].to(dev)  # [1, V, 3, H, W]
-        c2w = vin.c2w_opengl[None].to(dev)  # [1, V, 4, 4]
-        K = vin.intrinsics[None].to(dev)  # [1, V, 3, 3]
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        rec = self.reconstruct(vin)
+        dev, H = self.device, protocol.resolution
         with torch.no_grad():
-            with measure_cost(device=dev) as cost:
-                g = self._reconstruct(images, c2w, K, gen)
-            g0 = g[0] if g.means.dim() == 3 else g
-            H = W = protocol.resolution
-            out = render_gaussians(g0, vt.c2w_opengl.to(dev), vt.intrinsics.to(dev), H, W,
+            out = render_gaussians(rec.gaussians.to(dev), vt.c2w_opengl.to(dev), vt.intrinsics.to(dev), H, H,
                                    background=protocol.background)
         rgb = out["rgb"].clamp(0, 1).float().cpu().numpy()
-        g_cpu = g0.to("cpu")
         try:
-            pts = np.asarray(prediction_points(g_cpu, method="gaussians", n=protocol.num_gt_points,
+            pts = np.asarray(prediction_points(rec.gaussians, method="gaussians", n=protocol.num_gt_points,
                                                seed=protocol.gt_seed), dtype=np.float64)
         except ValueError as e:  # e.g. every Gaussian below the opacity threshold
             pts = None
             extra = {"warning": f"no prediction points: {one_line(e)}"}
         else:
             extra = {}
-        extra["memory_method"] = cost.memory_method
-        return Prediction(images=rgb, points=pts, inference_s=float(cost.seconds),
-                          memory_gb=float(cost.peak_memory_bytes) / GIB, num_gaussians=len(g_cpu),
-                          device=str(cost.device_name), extra=extra)
-
-    def _reconstruct(self, images, c2w, K, gen):
-        return self.model.reconstruct(images, c2w, K, max_tokens=self.max_tokens, generator=gen)
+        extra["memory_method"] = rec.cost.memory_method
+        return Prediction(images=rgb, points=pts, inference_s=float(rec.cost.seconds),
+                          memory_gb=float(rec.cost.peak_memory_bytes) / GIB, num_gaussians=len(rec.gaussians),
+                          device=str(rec.cost.device_name), extra=extra)
 
 
 # --------------------------------------------------------------------------------------------
 # another method's outputs on disk
 # --------------------------------------------------------------------------------------------
-class PredictionsMethod:
+class PredictionsMethod(Method):
     """Another method's outputs under ``root/<object>/`` (3DGS .ply, a mesh, or test-view PNGs).
 
     Per object folder, the first of these that exists is used: a 3DGS ``.ply`` (a PLY whose
@@ -227,15 +311,13 @@ class PredictionsMethod:
     background, box-resized to the protocol's resolution). All in the normalised object frame.
     """
 
-    checkpoint_kind = "external"
-    preset = ""
-    checkpoint_sha256 = ""
+    checkpoint_kind = CheckpointKind.EXTERNAL
 
     def __init__(self, root: str, device: str = "auto"):
         self.root = Path(root)
         if not self.root.is_dir():
             raise BenchError("predictions folder not found", self.root)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
 
     def object_folder(self, name: str) -> Path:
         """``root/<name>``, ``root/<safe name>`` or ``root/<last part of a '__'-joined name>``."""
@@ -244,10 +326,10 @@ class PredictionsMethod:
                 return cand
         raise BenchError(f"no predictions for object {name!r}", self.root / name)
 
-    def predict(self, object_dir: str, protocol: Protocol, name: str) -> Prediction:
+    def predict(self, object_dir: str | Path, protocol: Protocol, name: str) -> Prediction:
         """The test views (cameras from the GObjaverse folder ``object_dir``) and points of object
         ``name``; BenchError when its folder has no usable output."""
-        import torch
+        import torch  # heavy: only when predictions are rendered
 
         from geolrm_bench import gobjaverse
 
@@ -265,9 +347,8 @@ class PredictionsMethod:
                                    resolution=protocol.resolution)
         if plys:
             from geolrm_bench.metrics import prediction_points
+            from geolrm_bench.model.ply import load_ply
             from geolrm_bench.model.rasterize import render_gaussians
-
-            load_ply = importlib.import_module("geolrm_bench.model.ply").load_ply  # engineer 6's module
 
             g = load_ply(plys[0]).to(self.device)
             with torch.no_grad():
@@ -278,11 +359,9 @@ class PredictionsMethod:
             return Prediction(images=out["rgb"].clamp(0, 1).float().cpu().numpy(), points=pts,
                               num_gaussians=len(g), extra={"source": plys[0].name}, **kw)
         if meshes:
-
-            from geolrm_bench import rendering
+            from geolrm_bench import rendering  # pyrender/OpenGL: only for mesh predictions
             from geolrm_bench.metrics import prediction_points
 
-            preload_torch_stack()  # before the first OSMesa context of this process
             mesh = load_prediction_mesh(meshes[0])
             layers = rendering.render_views(mesh, resolution=H, views=list(protocol.test_views))
             rgba = layers["rgba"].astype(np.float32) / 255.0  # [T, H, W, 4]
@@ -394,71 +473,3 @@ def _read_png_on_bg(path: Path, background, size: int) -> np.ndarray:  # -> [3, 
     a = np.asarray(im, dtype=np.float32) / 255.0
     rgb = a[..., :3] * a[..., 3:] + np.asarray(background, np.float32) * (1 - a[..., 3:])
     return rgb.transpose(2, 0, 1).copy()
-
-
-# --------------------------------------------------------------------------------------------
-# scoring
-# --------------------------------------------------------------------------------------------
-def image_scores(images: np.ndarray, gt_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """PSNR (dB) and SSIM per test view: ``[T, 3, H, W]`` x2 in [0, 1] -> ``([T], [T])`` float64,
-    with :func:`geolrm_bench.metrics.psnr` / :func:`geolrm_bench.metrics.ssim`."""
-    import torch
-
-    from geolrm_bench.metrics import psnr, ssim
-
-    p = torch.from_numpy(np.ascontiguousarray(images)).float()
-    g = torch.from_numpy(np.ascontiguousarray(gt_images)).float()
-    ps = np.asarray(torch.as_tensor(psnr(p, g)).double().reshape(-1), dtype=np.float64)
-    ss = np.asarray(torch.as_tensor(ssim(p, g)).double().reshape(-1), dtype=np.float64)
-    return ps, ss
-
-
-#: the headline geometry frame: the normalised object scaled to [-1, 1]^3 (longest side 2), the
-#: usual LRM evaluation frame; the paper's Chamfer 0.167 / F-score@0.2 0.892 are read as in it
-BOX2_SCALE = 2.0
-
-
-def geometry_scores(points: np.ndarray, gt_points: np.ndarray, to_normalized: np.ndarray,
-                    unit_m: float = 1.0, tau: float = 0.2) -> dict[str, float]:
-    """Chamfer and F-score@``tau`` of prediction points against ground-truth points, in three frames.
-
-    Args:
-        points: [M, 3] prediction points in the normalised object frame ([-0.5, 0.5]^3).
-        gt_points: [N, 3] ground-truth surface points in the GT frame (the dataset file's axes,
-            origin and units).
-        to_normalized: [4, 4] GT frame -> normalised frame (``ObjectAsset.to_normalized``).
-        unit_m: metres per GT-frame unit (``ObjectAsset.unit_m``: HOPE 0.01, Omni 0.001).
-        tau: F-score threshold, the same number in every frame (its units: that frame's).
-
-    Returns:
-        ``chamfer`` / ``fscore`` (the headline, comparable with the paper): the object scaled
-        to [-1, 1]^3 (normalised frame x :data:`BOX2_SCALE`, longest side 2; an assumption:
-        the paper does not state its frame, this is the usual LRM evaluation frame);
-        ``chamfer_m`` / ``fscore_m``: the GT frame in metres (predictions mapped back with the
-        inverse of ``to_normalized``, both sets scaled by ``unit_m``; ``tau`` in metres);
-        ``chamfer_unitbox`` / ``fscore_unitbox``: the normalised frame (longest side 1).
-    """
-    from geolrm_bench.datasets import points_to_gt_frame, points_to_normalized_frame
-    from geolrm_bench.metrics import geometry_metrics
-
-    pred_norm = np.asarray(points, np.float64)
-    gt_pts = np.asarray(gt_points, np.float64)
-    gt_norm = points_to_normalized_frame(gt_pts, to_normalized)
-    gm = geometry_metrics(points_to_gt_frame(pred_norm, to_normalized) * unit_m, gt_pts * unit_m,
-                          taus=(tau,), frame="gt")
-    gn = geometry_metrics(pred_norm, gt_norm, taus=(tau,), frame="normalized")
-    gb = geometry_metrics(pred_norm * BOX2_SCALE, gt_norm * BOX2_SCALE, taus=(tau,), frame="normalized")
-    return {"chamfer": float(gb["chamfer"]), "fscore": float(_fscore_value(gb, tau)),
-            "chamfer_m": float(gm["chamfer"]), "fscore_m": float(_fscore_value(gm, tau)),
-            "chamfer_unitbox": float(gn["chamfer"]), "fscore_unitbox": float(_fscore_value(gn, tau))}
-
-
-def _fscore_value(gm: dict, tau: float) -> float:
-    """The F-score at ``tau`` from a :func:`geolrm_bench.metrics.geometry_metrics` dict."""
-    for key in (f"fscore@{tau:g}", f"fscore@{tau}", "fscore"):
-        if key in gm:
-            return gm[key]
-    keys = [k for k in gm if k.startswith("fscore")]
-    if keys:
-        return gm[keys[0]]
-    raise BenchError(f"geometry_metrics returned no fscore (keys {sorted(gm)})")

@@ -27,6 +27,7 @@ import math
 import platform
 import subprocess
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -104,6 +105,30 @@ def summarize(per_object: pd.DataFrame, method: str, dataset: str, num_input_vie
     row["not_paper_model"] = not_paper_model(checkpoint_kind, preset)
     row["device"] = device
     return pd.DataFrame([row])
+
+
+#: columns of ``per_object.csv`` (one row per object record, in this order)
+PER_OBJECT_COLUMNS = ["object", "status", "error", "method", "dataset", "num_input_views", "psnr", "ssim",
+                      "lpips", "chamfer", "fscore", "inference_s", "memory_gb", "chamfer_m", "fscore_m",
+                      "chamfer_unitbox", "fscore_unitbox",
+                      "num_gaussians", "render_s", "reconstruct_s", "metrics_s", "lpips_s", "memory_method",
+                      "device", "warnings"]
+#: columns of ``per_view.csv``
+PER_VIEW_COLUMNS = ["object", "method", "dataset", "num_input_views", "view", "psnr", "ssim", "lpips"]
+
+
+def eval_tables(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(per_view, per_object)`` DataFrames from the evaluation's per-object records
+    (:class:`geolrm_bench.scoring.ObjectRecord` files); missing values are NaN."""
+    rows, views = [], []
+    for r in records:
+        row = {c: r.get(c, np.nan) for c in PER_OBJECT_COLUMNS}
+        row["warnings"] = "; ".join(r.get("warnings") or [])
+        rows.append(row)
+        for v in r.get("views") or []:
+            views.append({"object": r.get("object"), "method": r.get("method"), "dataset": r.get("dataset"),
+                          "num_input_views": r.get("num_input_views"), **v})
+    return pd.DataFrame(views, columns=PER_VIEW_COLUMNS), pd.DataFrame(rows, columns=PER_OBJECT_COLUMNS)
 
 
 def load_paper_tables(path: str | Path = PAPER_TABLES) -> pd.DataFrame:
@@ -336,3 +361,37 @@ def write_report(run_dir: str | Path, per_view: pd.DataFrame, per_object: pd.Dat
     paths["summary_md"] = write_text_atomic(run_dir / "summary.md", md)
     paths["config"] = write_json_atomic(run_dir / "config.json", config)
     return paths
+
+
+def write_eval_report(cfg, protocol, run_dir: str | Path, names: list[str], records: list[dict], info: dict,
+                      root: str) -> tuple[pd.DataFrame, int]:
+    """Tables, summary, provenance (``config.json``) and report files of one evaluation run.
+
+    ``cfg``: the run's :class:`geolrm_bench.evaluation.EvalConfig`; ``protocol`` its
+    :class:`geolrm_bench.protocol.Protocol`; ``records`` the per-object records of ``names``
+    found so far; ``info`` the model description (checkpoint kind, preset, weights hash,
+    device). Returns the one-row summary and the number of failed objects.
+    """
+    per_view, per_object = eval_tables(records)
+    summary = summarize(per_object, cfg.method_name(), cfg.dataset_name(), protocol.num_input_views,
+                        checkpoint_kind=info.get("checkpoint_kind") or "unknown",
+                        device=info.get("device_name") or info.get("device") or "",
+                        preset=info.get("preset") or None)
+    warnings = []
+    if len(records) < len(names):
+        warnings.append(f"{len(names) - len(records)} selected objects have no record yet")
+    nfail = int((per_object["status"] != "ok").sum()) if len(per_object) else 0
+    if nfail:
+        warnings.append(f"{nfail} objects failed (see per_object.csv status/error)")
+    methods = [m for m in per_object.get("memory_method", []) if isinstance(m, str) and m]
+    config = provenance(memory_method=methods[0] if methods else "",
+        run=cfg.run_name(), method=cfg.method_name(), dataset=cfg.dataset_name(), root=root,
+        checkpoint=cfg.checkpoint, preset=info.get("preset") or cfg.preset, predictions=cfg.predictions,
+        checkpoint_kind=info.get("checkpoint_kind"), checkpoint_sha256=info.get("checkpoint_sha256"),
+        not_paper_model=bool(summary["not_paper_model"].iloc[0]), device=info.get("device"),
+        device_name=info.get("device_name"), max_tokens=cfg.max_tokens, input_size=cfg.input_size,
+        lpips_net=cfg.lpips_net, objects=names, protocol=protocol.to_dict(),
+        input_views=protocol.input_views, test_views=protocol.test_views, eval_config=asdict(cfg))
+    write_report(run_dir, per_view, per_object, summary, config, protocol.describe(cfg.lpips_net),
+                 cfg.dataset_name(), warnings)
+    return summary, nfail

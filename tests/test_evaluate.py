@@ -18,13 +18,11 @@ from scipy import stats
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-trimesh = pytest.importorskip("trimesh")
-# torchvision (-> triton) must be imported before the first OSMesa render of this process:
-# the other order segfaults (LLVM clash); see geolrm_bench.methods.preload_torch_stack
-pytest.importorskip("torchvision")
-pytest.importorskip("geolrm_bench.rendering")
-pytest.importorskip("geolrm_bench.datasets")
+import trimesh  # noqa: E402
 
+# the order of torchvision/triton and the first OSMesa render is free: geolrm_bench.rendering
+# preloads triton's library before OpenGL (see rendering._preload_llvm_users)
+from geolrm_bench import datasets, rendering  # noqa: E402
 from geolrm_bench.cli import main as cli  # noqa: E402
 
 RES = 64  # render / evaluation resolution of these tests
@@ -53,7 +51,6 @@ def meshes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def renders(meshes, tmp_path_factory) -> Path:
     """The two meshes rendered once in the GObjaverse format (reused by several tests)."""
-    from geolrm_bench import datasets, rendering
 
     out = tmp_path_factory.mktemp("renders")
     for ref in datasets.list_objects("meshes", meshes):
@@ -143,14 +140,12 @@ def _write_3dgs_ply(path: Path, means, colors, scales, opacities) -> None:
 
 
 def _normalised_mesh(mesh_path: Path):
-    from geolrm_bench import datasets
 
     return datasets.load_mesh_file(mesh_path)
 
 
 @pytest.mark.slow  # ~10-30 s: the CPU rasterizer renders 2 x 2500 Gaussians
 def test_predictions_gt_derived_beats_random(meshes, renders, tmp_path):
-    pytest.importorskip("geolrm_bench.model.ply")
     good, bad = tmp_path / "good", tmp_path / "bad"
     rng = np.random.default_rng(0)
     n = 2500

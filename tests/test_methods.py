@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from geolrm_bench import methods
+from geolrm_bench import methods, scoring
 from geolrm_bench.datasets import points_to_gt_frame, points_to_normalized_frame
 
 
@@ -38,7 +38,7 @@ def test_geometry_scores_headline_box2_metres_and_unitbox():
     gt = np.array([[0.0, 0.0, 0.0], [1000.0, 0.0, 0.0]])
     shift = np.array([0.0, 30.0, 0.0])
     pred_norm = points_to_normalized_frame(gt + shift, m)
-    out = methods.geometry_scores(pred_norm, gt, m, unit_m=unit_m, tau=0.2)
+    out = scoring.geometry_scores(pred_norm, gt, m, unit_m=unit_m, tau=0.2)
     # headline: the object scaled to [-1, 1]^3 = 2 x the normalised frame: 2 * 0.003 * 30 = 0.18
     assert out["chamfer"] == pytest.approx(0.18, rel=1e-9)
     assert out["fscore"] == 1.0  # 0.18 < tau 0.2
@@ -52,7 +52,7 @@ def test_image_scores_known_mse():
     gt = np.full((2, 3, 16, 16), 0.5, np.float32)
     pred = gt.copy()
     pred[1] += 0.1  # MSE 0.01 -> PSNR 20 dB
-    ps, ss = methods.image_scores(pred, gt)
+    ps, ss = scoring.image_scores(pred, gt)
     assert ps.shape == ss.shape == (2,)
     assert ps[1] == pytest.approx(20.0, abs=1e-3)
     assert ss[0] == pytest.approx(1.0, abs=1e-6)

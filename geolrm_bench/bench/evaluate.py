@@ -38,10 +38,8 @@ def main() -> None:
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
     from tabulate import tabulate
 
-    from geolrm_bench.methods import preload_torch_stack
     from geolrm_bench.pipelines.evaluate import EvalConfig, Evaluator, method_spec, run_eval
 
-    preload_torch_stack()
     quick = os.environ.get("GEOLRM_BENCH_QUICK") == "1"
     res = 256 if quick else 512
     with tempfile.TemporaryDirectory(prefix="geolrm-bench-eval-") as tmp:
