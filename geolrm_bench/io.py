@@ -176,8 +176,11 @@ def check_replaceable(final: str | Path, overwrite: bool, markers: tuple[str, ..
     return True
 
 
-def ensure_output_root(root: str | Path, markers: tuple[str, ...] = (), kind: str = "output") -> Path:
-    """Create (or accept) ``root`` as a folder the toolkit writes files into, and mark it.
+def ensure_output_root(root: str | Path, markers: tuple[str, ...] = (), kind: str = "output",
+                       lock: bool = True) -> Path:
+    """Create (or accept) ``root`` as a folder the toolkit writes files into, mark it and (with
+    ``lock``) take its lock until the process exits (:func:`acquire_output_lock`, no waiting:
+    callers that offer ``--wait`` pass ``lock=False`` and use :func:`output_lock`).
 
     Accepted: a missing or empty folder, or one the toolkit wrote (:func:`is_toolkit_output`
     with ``markers`` naming files of older versions); ``root`` itself may be a link the user
@@ -193,8 +196,8 @@ def ensure_output_root(root: str | Path, markers: tuple[str, ...] = (), kind: st
                 raise BenchError("is a file, not a folder", parent)
             break
     real = root.resolve() if root.is_symlink() else root
-    if real.is_dir() and any(real.iterdir()) and not (
-            (real / OWNER_MARKER).is_file() or (markers and any((real / m).exists() for m in markers))):
+    ours = (OWNER_MARKER, LOCK_NAME, *markers)  # the lock file, too, is only ever written by the toolkit
+    if real.is_dir() and any(real.iterdir()) and not any((real / m).exists() for m in ours):
         raise BenchError("exists, is not empty and was not written by geolrm-bench; "
                          "choose another output folder", root)
     try:
@@ -203,6 +206,8 @@ def ensure_output_root(root: str | Path, markers: tuple[str, ...] = (), kind: st
     except OSError as e:
         why = e.strerror or type(e).__name__
         raise BenchError(f"cannot create the output folder ({why})", root) from None
+    if lock:
+        acquire_output_lock(root)
     return root
 
 

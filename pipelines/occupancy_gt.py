@@ -371,9 +371,10 @@ def run_occupancy_gt(cfg: OccupancyGTConfig) -> RunResult:
     """Run the whole pipeline; returns records (plan order), counts and where the report went."""
     t_start = time.perf_counter()
     out = cfg.out
-    ensure_output_root(out, markers=(MANIFEST_NAME, "occupancy", "renders"), kind="occupancy-gt")
+    ensure_output_root(out, markers=(MANIFEST_NAME, "occupancy", "renders"), kind="occupancy-gt", lock=False)
     if cfg.report_dir is not None:  # checked now, not after every object was processed
-        ensure_output_root(cfg.report_dir, markers=("summary.md", "config.json"), kind="occupancy-report")
+        ensure_output_root(cfg.report_dir, markers=("summary.md", "config.json"), kind="occupancy-report",
+                           lock=False)
     with output_lock(out, wait=cfg.wait, log=lambda m: print(m, file=sys.stderr, flush=True)):
         return _run_locked(cfg, out, t_start)
 

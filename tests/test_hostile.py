@@ -8,7 +8,13 @@ failed and the report was written; links are read through with a warning, never 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -255,8 +261,6 @@ def test_eval_out_that_is_someone_elses_folder(tmp_path, capsys):
 
 
 def test_full_disk_names_the_path(tmp_path, monkeypatch):
-    import os
-
     def enospc(*a, **k):
         raise OSError(28, "No space left on device")
 
@@ -372,3 +376,200 @@ def test_report_names_the_frames():
     text = " ".join(Protocol(num_input_views=6).describe())
     assert "[-1, 1]^3" in text and "chamfer_m" in text and "chamfer_unitbox" in text
 
+
+
+# --------------------------------------------------------------------------------------------
+# 2. render never replaces a user's folder of the same name (no metadata.json)
+# --------------------------------------------------------------------------------------------
+def test_render_keeps_a_users_folder_of_the_same_name(tmp_path, capsys):
+    ds = _mesh_dataset(tmp_path / "ds")
+    out = ensure_output_root(tmp_path / "out", lock=False)  # an earlier render's output root
+    _user_folder(out / "box")  # ... where the user then made a folder named like an object
+    rc = cli(["render", str(ds), "--dataset", "meshes", "--out", str(out), "--resolution", "16",
+              "--views", "0", "--quiet"])
+    assert rc == 1  # that object failed, index.json written
+    assert sorted(p.name for p in (out / "box").iterdir()) == ["thesis.tex"]
+    index = json.loads((out / "index.json").read_text())
+    assert index["objects"] == [] and "not written by geolrm-bench" in index["failed"][0]["reason"]
+    assert "1 of 1 object(s) failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["render", "occupancy-gt"])
+def test_out_that_is_a_file(tmp_path, capsys, command):
+    ds = _mesh_dataset(tmp_path / "ds")
+    f = tmp_path / "taken"
+    f.write_text("x")
+    args = [command, str(ds), "--out", str(f)] if command == "render" else [
+        command, "--dataset", "meshes", "--root", str(ds), "--out", str(f), "--local"]
+    assert cli([*args, "--quiet"]) == 2
+    assert f"{f}: exists and is a file" in _one_error_line(capsys)
+    assert f.read_text() == "x"
+
+
+# --------------------------------------------------------------------------------------------
+# 4. a camera whose rotation is not a rotation fails that object, naming the file
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", ["repeated", "zero", "scaled", "reflected"])
+def test_singular_camera_json_is_refused(tmp_path, bad):
+    from geolrm_bench import gobjaverse, occupancy
+    from geolrm_bench.cameras import gobjaverse_c2w, read_camera_json, write_camera_json
+
+    c2w = gobjaverse_c2w([0])[0]
+    path = tmp_path / "obj" / "00000" / "00000.json"
+    write_camera_json(path, c2w, 0.69)
+    assert gobjaverse.read_view_camera(path).c2w_opencv.shape == (4, 4)  # the real one passes
+    d = json.loads(path.read_text())
+    if bad == "repeated":
+        d["x"] = d["y"]
+    elif bad == "zero":
+        d["z"] = [0.0, 0.0, 0.0]
+    elif bad == "scaled":
+        d["x"] = [2 * v for v in d["x"]]
+    else:
+        d["x"] = [-v for v in d["x"]]  # orthonormal, det -1
+    path.write_text(json.dumps(d))
+    read_camera_json(path)  # the plain reader still accepts it: the check is on top
+    with pytest.raises(BenchError, match=r"00000.json: camera x, y, z axes are not a rotation"):
+        gobjaverse.read_view_camera(path)
+    with pytest.raises(BenchError, match=r"00000.json: camera"):  # occupancy reads it the same way
+        occupancy.read_object_depths(tmp_path / "obj", views=[0])
+
+
+# --------------------------------------------------------------------------------------------
+# 6. one run per output root: a lock naming its pid and host
+# --------------------------------------------------------------------------------------------
+def _holder(root: Path, seconds: float):
+    code = ("import sys, time; from geolrm_bench.io import acquire_output_lock as a; a(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(float(sys.argv[2]))")
+    p = subprocess.Popen([sys.executable, "-c", code, str(root), str(seconds)], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "locked"
+    t0 = time.monotonic()
+    return p, t0
+
+
+def test_second_run_on_the_same_out_exits_2_naming_the_holder(tmp_path, capsys):
+    ds = _mesh_dataset(tmp_path / "ds")
+    out = tmp_path / "out"
+    p, _ = _holder(out, 30)
+    try:
+        rc = cli(["occupancy-gt", "--dataset", "meshes", "--root", str(ds), "--out", str(out), "--local",
+                  "--quiet"])
+        assert rc == 2
+        err = _one_error_line(capsys)
+        assert f"in use by pid {p.pid} on {socket.gethostname()}" in err and "--wait" in err
+        assert not (out / "manifest.jsonl").exists()  # no work done
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_wait_for_the_lock_and_take_over_a_dead_ones(tmp_path):
+    from geolrm_bench.io import LOCK_NAME, acquire_output_lock, release_output_lock
+
+    root = tmp_path / "out"
+    p, t0 = _holder(root, 1.5)
+    path = acquire_output_lock(root, wait=True, poll_s=0.1)  # returns once the holder exits
+    assert time.monotonic() - t0 > 1.0 and p.wait() == 0
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    release_output_lock(path)
+    assert not path.exists()
+    # a lock left by a process that was killed (kill -9 leaves the file): taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (root / LOCK_NAME).write_text(json.dumps({"pid": int(dead), "host": socket.gethostname()}))
+    path = acquire_output_lock(root)
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    release_output_lock(path)
+
+
+# --------------------------------------------------------------------------------------------
+# 8. staging folders of crashed workers are removed, with the amount said
+# --------------------------------------------------------------------------------------------
+def test_stale_staging_folders_are_removed(tmp_path):
+    from geolrm_bench.io import remove_stale_staging, staging_prefix
+
+    renders = tmp_path / "renders"
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    mine = staging_prefix()
+    crashed = renders / (mine.replace(f"-{os.getpid()}-", f"-{dead}-") + "abc")
+    legacy = renders / ".staging-k2j4_x9q"  # name of older versions: no owner recorded
+    live = renders / (mine + "xyz")  # this process: alive, kept
+    for d, n in ((crashed, 3 << 20), (legacy, 1000), (live, 10)):
+        (d / "obj" / "00000").mkdir(parents=True)
+        (d / "obj" / "00000" / "00000.png").write_bytes(bytes(n))
+    assert remove_stale_staging(renders) == (2, (3 << 20) + 1000)
+    assert sorted(p.name for p in renders.iterdir()) == [live.name]
+
+
+# --------------------------------------------------------------------------------------------
+# 9. --report-dir and metrics --out checked before the work
+# --------------------------------------------------------------------------------------------
+def test_occupancy_report_dir_that_is_a_file(tmp_path, capsys, monkeypatch):
+    from geolrm_bench.pipelines import occupancy_gt
+
+    monkeypatch.setattr(occupancy_gt, "_run_locked", lambda *a: pytest.fail("work started"))
+    f = tmp_path / "report"
+    f.write_text("x")
+    rc = cli(["occupancy-gt", "--dataset", "meshes", "--root", str(_mesh_dataset(tmp_path / "ds")), "--out",
+              str(tmp_path / "out"), "--report-dir", str(f), "--local", "--quiet"])
+    assert rc == 2
+    assert f"{f}: exists and is a file" in _one_error_line(capsys)
+
+
+def test_metrics_images_out_folder(tmp_path, capsys, monkeypatch):
+    from geolrm_bench.commands import metrics
+
+    monkeypatch.setattr(metrics, "image_metrics_table", lambda *a, **k: pytest.fail("work started"))
+    (tmp_path / "p").mkdir()
+    rc = cli(["metrics", "images", str(tmp_path / "p"), str(tmp_path / "p"), "--out", str(tmp_path)])
+    assert rc == 2
+    assert f"{tmp_path}: --out is a folder" in _one_error_line(capsys)
+
+
+# --------------------------------------------------------------------------------------------
+# 10. no noise at shutdown; failures counted and pointed to, even with --quiet
+# --------------------------------------------------------------------------------------------
+def test_no_opengl_noise_at_exit(tmp_path):
+    mesh = tmp_path / "box.obj"
+    trimesh.creation.box().export(mesh)
+    r = subprocess.run([sys.executable, "-m", "geolrm_bench.cli", "render", str(mesh), "--out",
+                        str(tmp_path / "o"), "--resolution", "16", "--views", "0", "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "box" / "metadata.json").is_file()
+    for noise in ("dict_keys", "OpenGL.arrays", "Traceback"):
+        assert noise not in r.stdout + r.stderr
+
+
+def test_all_failed_quiet_run_says_how_many_and_where(tmp_path, capsys):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "broken.obj").write_text("not a mesh\n")
+    (ds / "junk.obj").write_text("v 1 2\n")
+    rc = cli(["occupancy-gt", "--dataset", "meshes", "--root", str(ds), "--out", str(tmp_path / "out"),
+              "--report-dir", str(tmp_path / "rep"), "--local", "--quiet"])
+    assert rc == 1  # report written, objects failed
+    err = capsys.readouterr().err
+    assert f"2 of 2 objects failed; reasons: {tmp_path / 'rep' / 'summary.md'}" in err
+    assert "## Failures" in (tmp_path / "rep" / "summary.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# 12. rendered objects: a view folder linked outside the root is read with a warning
+# --------------------------------------------------------------------------------------------
+def test_rendered_view_folder_link_outside_root_warns(tmp_path, caplog):
+    from geolrm_bench import gobjaverse
+
+    root = tmp_path / "renders"
+    obj = root / "obj"
+    (obj / "00000").mkdir(parents=True)
+    (obj / "00000" / "00000.png").write_bytes(b"")
+    (obj / "00000" / "00000.json").write_text("{}")
+    (tmp_path / "elsewhere").mkdir()
+    (obj / "00001").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="geolrm_bench.gobjaverse"):
+        assert gobjaverse.list_rendered_objects(root) == [obj]
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "00001" in msgs[0] and "outside" in msgs[0]

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         refs = refs[: args.limit]
     out = args.out if args.out is not None else Path("out") / "render" / kind
-    ensure_output_root(out, markers=(INDEX_NAME,), kind="render")  # a file or someone's folder: exit 2
+    # a file or someone else's folder at --out: one line, exit 2, before any rendering
+    ensure_output_root(out, markers=(INDEX_NAME,), kind="render", lock=False)
     print(f"rendering {len(refs)} {kind} object(s) from {src} -> {out} "
           f"({args.resolution}x{args.resolution}, {args.backend})")
     with output_lock(out, wait=args.wait, log=lambda m: print(m, file=sys.stderr, flush=True)):
