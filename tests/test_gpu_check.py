@@ -206,11 +206,11 @@ def _sample_results() -> tuple[list[gc.StepResult], gc.Context]:
     rows_b = [gc.Row("table3", "fp32 4 views", "info", seconds=2.5, measured=0.42, limit=0.51, unit="s")]
     ctx.table3 = [
         {"dtype": "fp32", "views": 4, "preset": "paper", "input_size": 448, "gaussians": 262144, "runs": 5,
-         "time_median_s": 0.42, "time_min_s": 0.40, "max_allocated_gib": 3.9, "max_reserved_gib": 4.5,
+         "time_median_s": 0.42, "time_min_s": 0.40, "max_allocated_gb": 3.9, "max_reserved_gb": 4.5,
          "memory_method": "cuda-max-allocated", "paper_time_s": 0.51, "paper_memory_gb": 4.30,
          "time_vs_paper": 0.42 / 0.51, "memory_vs_paper": 3.9 / 4.3, "meets_paper": True},
         {"dtype": "bf16", "views": 4, "preset": "paper", "input_size": 448, "gaussians": 262144, "runs": 5,
-         "time_median_s": 0.2, "time_min_s": 0.19, "max_allocated_gib": 5.0, "max_reserved_gib": None,
+         "time_median_s": 0.2, "time_min_s": 0.19, "max_allocated_gb": 5.0, "max_reserved_gb": None,
          "memory_method": "cuda-max-allocated", "paper_time_s": 0.51, "paper_memory_gb": 4.30,
          "time_vs_paper": 0.2 / 0.51, "memory_vs_paper": 5.0 / 4.3, "meets_paper": False},
     ]
@@ -237,7 +237,7 @@ def test_report_files(tmp_path):
     t3 = list(csv.DictReader((tmp_path / "out" / "table3.csv").open()))
     assert [(r["dtype"], r["views"], r["meets_paper"]) for r in t3] == [("fp32", "4", "True"),
                                                                          ("bf16", "4", "False")]
-    assert t3[1]["max_reserved_gib"] == "" and float(t3[0]["paper_memory_gb"]) == 4.30
+    assert t3[1]["max_reserved_gb"] == "" and float(t3[0]["paper_memory_gb"]) == 4.30
 
     md = (tmp_path / "out" / "summary.md").read_text()
     assert md.startswith("# GPU check: NVIDIA H200") and "**FAIL**" in md and "commit `abc123`" in md
