@@ -692,25 +692,48 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "device"
 
 
+def _probe(fn: Callable[[], object]) -> object:
+    """``fn()``, or ``"unavailable: <reason>"`` when it raises (a broken driver must not stop the run)."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - recorded in config.json instead
+        return f"unavailable: {one_line(e, 200)}"
+
+
+def git_commit() -> tuple[str, str]:
+    """(commit, source): ``git rev-parse HEAD`` (+ ``-dirty``), else GEOLRM_BENCH_COMMIT, else the
+    ``gpu_kit/COMMIT`` file the carry kit writes (a copied checkout usually has no ``.git``)."""
+    commit = _run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT)
+    if commit:
+        dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT)
+        return commit + ("-dirty" if dirty else ""), "git"
+    if os.environ.get("GEOLRM_BENCH_COMMIT"):
+        return os.environ["GEOLRM_BENCH_COMMIT"], "GEOLRM_BENCH_COMMIT"
+    kit = REPO_ROOT / "gpu_kit" / "COMMIT"
+    if kit.is_file():
+        return kit.read_text().strip(), "gpu_kit/COMMIT (when the carry kit was made)"
+    return "unknown", "no git, no GEOLRM_BENCH_COMMIT, no gpu_kit/COMMIT"
+
+
 def environment(device: torch.device) -> dict:
     """GPU, driver, versions, git commit: what config.json records."""
-    env = {"device": str(device), "device_name": device_name(device), "host": socket.gethostname(),
-           "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_name(),
-           "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    env = {"device": str(device), "device_name": _probe(lambda: device_name(device)),
+           "host": socket.gethostname(), "python": platform.python_version(), "platform": platform.platform(),
+           "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+           "torch_cuda": torch.version.cuda,
+           "cudnn": _probe(torch.backends.cudnn.version),
            "versions": {d: _version(d) for d in ("numpy", "transformers", "gsplat", "safetensors",
                                                   "geolrm-bench")},
-           "tf32_defaults": tf32_state()}
+           "tf32_defaults": _probe(tf32_state)}
     if device.type == "cuda":
-        prop = torch.cuda.get_device_properties(device)
-        env["gpu"] = {"name": prop.name, "capability": f"{prop.major}.{prop.minor}",
-                      "memory_gib": round(prop.total_memory / 2**30, 2),
-                      "multiprocessors": prop.multi_processor_count}
+        def gpu() -> dict:
+            prop = torch.cuda.get_device_properties(device)
+            return {"name": prop.name, "capability": f"{prop.major}.{prop.minor}",
+                    "memory_gib": round(prop.total_memory / 2**30, 2),
+                    "multiprocessors": prop.multi_processor_count}
+        env["gpu"] = _probe(gpu)
         env["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
-    commit = _run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT)
-    env["git_commit"] = commit or os.environ.get("GEOLRM_BENCH_COMMIT") or "unknown"
-    if commit:
-        env["git_dirty"] = bool(_run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT))
+    env["git_commit"], env["git_commit_source"] = git_commit()
     return env
 
 

@@ -41,6 +41,12 @@ rm -f "$OUT"/*.whl
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
   --platform any --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$OUT" "$GSPLAT"
 
+# provenance for the report: a copied checkout usually has no .git (gpu_check reads this file then)
+if commit=$(git rev-parse HEAD 2>/dev/null); then
+  [ -n "$(git status --porcelain --untracked-files=no)" ] && commit="$commit-dirty"
+  echo "$commit" > "$OUT/COMMIT"
+fi
+
 kit_bytes=$(du -cb "$OUT"/*.whl | tail -1 | cut -f1)
 tree_bytes=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 total=$((kit_bytes + tree_bytes))

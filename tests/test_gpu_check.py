@@ -259,6 +259,19 @@ def test_markdown_table_and_slug():
     assert gc.slug("Tesla V100-SXM2-32GB (MIG 1g.5gb)") == "Tesla-V100-SXM2-32GB-MIG-1g.5gb"
 
 
+def test_git_commit_sources(tmp_path, monkeypatch):
+    commit, source = gc.git_commit()  # this checkout
+    assert source == "git" and len(commit.split("-")[0]) == 40
+    monkeypatch.setattr(gc, "REPO_ROOT", tmp_path)  # a copied checkout without .git
+    monkeypatch.delenv("GEOLRM_BENCH_COMMIT", raising=False)
+    assert gc.git_commit() == ("unknown", "no git, no GEOLRM_BENCH_COMMIT, no gpu_kit/COMMIT")
+    (tmp_path / "gpu_kit").mkdir()
+    (tmp_path / "gpu_kit" / "COMMIT").write_text("0123abc-dirty\n")
+    assert gc.git_commit() == ("0123abc-dirty", "gpu_kit/COMMIT (when the carry kit was made)")
+    monkeypatch.setenv("GEOLRM_BENCH_COMMIT", "feedbeef")
+    assert gc.git_commit() == ("feedbeef", "GEOLRM_BENCH_COMMIT")
+
+
 # ------------------------------------------------------------------------------------------ gsplat build
 def _fake_gsplat(root: Path, backend_body: str) -> None:
     (root / "gsplat" / "cuda").mkdir(parents=True)
