@@ -9,7 +9,7 @@ import platform
 import sys
 import time
 
-SECTIONS = ["render", "occupancy", "metrics", "model", "evaluate"]
+SECTIONS = ["render", "occupancy", "metrics", "model", "evaluate", "train"]
 
 
 def main(argv: list[str] | None = None) -> int:

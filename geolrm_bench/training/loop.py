@@ -259,14 +259,38 @@ def _autocast(sm: StepModules):
     return contextlib.nullcontext()
 
 
-def forward_losses(sm: StepModules, batch: Batch) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
-    """Loss of one micro-batch: (weighted total, unweighted terms, info such as token counts)."""
+class _Timer:
+    """Adds wall seconds per phase into ``into`` (no-op when ``into`` is None)."""
+
+    def __init__(self, into: dict[str, float] | None):
+        self.into = into
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.into is None:
+            yield
+            return
+        import time
+
+        sync = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+        sync()  # GPU work is asynchronous: time it to completion
+        t0 = time.perf_counter()
+        yield
+        sync()
+        self.into[name] = self.into.get(name, 0.0) + time.perf_counter() - t0
+
+
+def forward_losses(sm: StepModules, batch: Batch, timings: dict[str, float] | None = None
+                   ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+    """Loss of one micro-batch: (weighted total, unweighted terms, info such as token counts).
+    ``timings``: optional dict that receives wall seconds of ``forward``, ``raster``, ``lpips``."""
     model, cfg = sm.model, sm.cfg
+    timer = _Timer(timings)
     images = model.prepare_images(batch.images)
     c2w_in, K_in = batch.c2w_in.float(), batch.K_in.float()
     info: dict[str, float] = {"inputs": float(images.shape[1])}
     if cfg.stage == "proposal":
-        with _autocast(sm):
+        with timer("forward"), _autocast(sm):
             logits = sm.net(images, c2w_in, K_in)
         logits = logits.float()
         terms = {"bce": losses.occupancy_bce(logits, batch.occupancy),
@@ -276,7 +300,7 @@ def forward_losses(sm: StepModules, batch: Batch) -> tuple[Tensor, dict[str, Ten
             info["iou"] = float((pred & gt).sum() / (pred | gt).sum().clamp(min=1))
         return losses.weighted_total(terms, cfg.loss_weights()), terms, info
     # stage 2
-    with torch.no_grad():
+    with timer("forward"), torch.no_grad():
         if cfg.tokens == "gt":
             logits = batch.occupancy * 2 - 1
         else:
@@ -285,20 +309,22 @@ def forward_losses(sm: StepModules, batch: Batch) -> tuple[Tensor, dict[str, Ten
                                             batch.token_seed)
     info["tokens"] = float(anchors.mask.sum(1).float().mean())
     info["empty_proposals"] = float(fallbacks)
-    with _autocast(sm):
+    with timer("forward"), _autocast(sm):
         fields_ = sm.net(anchors.xyz, anchors.index, anchors.mask, images, c2w_in, K_in)
     g = Gaussians(*[f.float() for f in fields_])
     s = batch.target_rgb.shape[-1]
-    renders = [model.render(g[b:b + 1], batch.c2w[b:b + 1].float(), batch.K[b:b + 1].float(), s, s,
-                            background=batch.background[b]) for b in range(len(batch))]
-    out = {k: torch.cat([r[k] for r in renders]) for k in renders[0]}
+    with timer("raster"):
+        renders = [model.render(g[b:b + 1], batch.c2w[b:b + 1].float(), batch.K[b:b + 1].float(), s, s,
+                                background=batch.background[b]) for b in range(len(batch))]
+        out = {k: torch.cat([r[k] for r in renders]) for k in renders[0]}
     valid = batch.target_alpha > 0
     terms = {"mse": losses.image_mse(out["rgb"], batch.target_rgb),
              "mask": losses.mask_mse(out["alpha"], batch.target_alpha),
              "depth": losses.edge_aware_log_l1(out["depth"], batch.target_depth, batch.target_rgb, valid),
              "tv": losses.depth_tv(out["depth"])}
     if sm.lpips is not None:
-        terms["lpips"] = losses.lpips_loss(sm.lpips, out["rgb"], batch.target_rgb)
+        with timer("lpips"):
+            terms["lpips"] = losses.lpips_loss(sm.lpips, out["rgb"], batch.target_rgb)
     with torch.no_grad():
         mse01 = ((out["rgb"] - batch.target_rgb) ** 2).mean().clamp(min=1e-10)
         info["psnr"] = float(-10 * torch.log10(mse01))
@@ -314,11 +340,14 @@ def _all_mean(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def train_step(sm: StepModules, micro_batches: list[Batch]) -> dict[str, float]:
+def train_step(sm: StepModules, micro_batches: list[Batch],
+               timings: dict[str, float] | None = None) -> dict[str, float]:
     """One optimizer update over ``micro_batches`` (the accumulation). Returns the metrics averaged
     over micro-batches and workers: ``loss``, each term, ``lr`` (used by this update), ``grad_norm``
     (global L2 norm before clipping) and ``finite``. A non-finite loss or gradient skips the update
-    (no optimizer or scheduler step) and returns ``finite = 0``."""
+    (no optimizer or scheduler step) and returns ``finite = 0``. ``timings`` (optional) receives
+    wall seconds of ``forward``, ``raster``, ``lpips``, ``backward`` and ``optimizer``."""
+    timer = _Timer(timings)
     set_modes(sm)
     sm.optimizer.zero_grad(set_to_none=True)
     k = len(micro_batches)
@@ -327,20 +356,22 @@ def train_step(sm: StepModules, micro_batches: list[Batch]) -> dict[str, float]:
         sync = i == k - 1
         ctx = sm.net.no_sync() if (sm.ddp and not sync) else contextlib.nullcontext()
         with ctx:
-            total, terms, info = forward_losses(sm, mb.to(sm.device))
-            (total / k).backward()
+            total, terms, info = forward_losses(sm, mb.to(sm.device), timings)
+            with timer("backward"):
+                (total / k).backward()
         for name, v in [("loss", total), *terms.items()]:
             sums[name] = sums.get(name, 0.0) + float(v.detach()) / k
         for name, v in info.items():
             sums[name] = sums.get(name, 0.0) + float(v) / k
     names = sorted(sums)
     means = dict(zip(names, _all_mean([sums[n] for n in names], sm.device)))
-    grad_norm = torch.nn.utils.clip_grad_norm_(sm.params, sm.cfg.grad_clip)
-    lr = float(sm.optimizer.param_groups[0]["lr"])
-    finite = all(math.isfinite(v) for v in means.values()) and bool(torch.isfinite(grad_norm))
-    if finite:
-        sm.optimizer.step()
-        sm.scheduler.step()
+    with timer("optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(sm.params, sm.cfg.grad_clip)
+        lr = float(sm.optimizer.param_groups[0]["lr"])
+        finite = all(math.isfinite(v) for v in means.values()) and bool(torch.isfinite(grad_norm))
+        if finite:
+            sm.optimizer.step()
+            sm.scheduler.step()
     return {**means, "lr": lr, "grad_norm": float(grad_norm), "finite": float(finite)}
 
 
