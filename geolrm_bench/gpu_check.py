@@ -14,17 +14,18 @@ runs):
    448 px (the model's input size), 8192-token cap, in fp32 and in bf16 autocast: one warm-up,
    then the median of ``--repeats`` runs, each synchronised, CUDA max allocated and reserved;
    beside the paper's Table 3 (``geolrm_bench/data/paper_tables.csv``).
-4. ``training`` (correctness, when ``geolrm_bench.training`` exists): a few steps of the tiny
-   preset (loss decreases, step time).
-5. ``gsplat`` (correctness, when gsplat is importable): JIT build in a subprocess within the time
+4. ``gsplat`` (correctness, when gsplat is importable): JIT build in a subprocess within the time
    left (build time reported), then gsplat vs ours on the same Gaussians (mean abs error <= 1e-3).
+5. ``training`` (correctness, when ``geolrm_bench.training`` exists): a few updates of both stages
+   of the tiny preset on one synthetic batch (the loss must drop; step time). Stage 2 renders
+   with gsplat on CUDA, so it needs the gsplat step to have built it.
 
 Then it writes ``reports/gpu/<device-name>/summary.md``, ``summary.csv``, ``table3.csv`` and
 ``config.json`` (written last: GPU, driver, versions, git commit, options), prints the table and
 exits 1 when a correctness check failed or any step raised, else 0 (skips and Table 3 rows above
 the paper's numbers do not change the exit code). Without CUDA it prints one ``no CUDA: ...`` line
 and exits 0; ``--device cpu`` runs every step on the CPU as a stand-in (with ``--quick``: the tiny
-preset at small sizes, a few seconds; used by the tests).
+preset at small sizes, seconds plus the imports; used by the tests).
 
 Optional steps (table3, training, gsplat) are skipped with a reason when the time they need
 would overrun ``--time-budget``; the Table 3 sweep also stops between cells.
@@ -426,8 +427,8 @@ def step_table3(ctx: Context) -> list[Row]:
                        f"parameters, {cfg.input_size} px inputs (no resize), token cap {cfg.max_tokens}, "
                        f"{p.warmup} warm-up + median of {p.repeats}")]
     per_run: dict[str, float] = {}  # dtype -> seconds per view per run, for the budget estimate
-    for dtype in p.dtypes:
-        for v in p.views:
+    for v in p.views:  # view counts outer: a budget cut keeps both dtypes of the smaller counts
+        for dtype in p.dtypes:
             name = f"{dtype} {v} views"
             guess = per_run.get(dtype, per_run.get("fp32", 0.0)) * v * (p.warmup + p.repeats) + 1.0
             if per_run and not ctx.budget.allows(guess):
@@ -611,8 +612,11 @@ def _gsplat_build(ctx: Context, timeout: float) -> tuple[bool, float, str]:
         return False, time.perf_counter() - t0, f"JIT build did not finish in the {timeout:.0f} s left"
     secs = time.perf_counter() - t0
     if proc.returncode != 0:
-        tail = [ln for ln in out.decode(errors="replace").splitlines() if ln.strip()][-1:] or ["no output"]
-        why = "no CUDA toolkit found for the JIT build" if proc.returncode == 3 else tail[0][:200]
+        lines = [ln.strip() for ln in out.decode(errors="replace").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error:" in ln.lower()]  # first compiler error, else last line
+        why = (errors or lines[-1:] or ["no output"])[0][:200]
+        if proc.returncode == 3:
+            why = "no CUDA toolkit found for the JIT build"
         return False, secs, f"JIT build failed (exit {proc.returncode}): {why}"
     return True, secs, ""
 
@@ -958,6 +962,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"no CUDA: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no CUDA "
                   "device; nothing to check here (--device cpu runs the CPU stand-in)")
             return 0
+        if not args.time_budget > 0:
+            raise BenchError(f"--time-budget must be > 0 seconds, got {args.time_budget}")
         plan = make_plan(args, device)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
