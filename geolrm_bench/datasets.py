@@ -11,7 +11,9 @@ OmniObject3D mm -> metres) and the axis change (HOPE and OmniObject3D are Y-up:
 Z-up via (x, y, z) -> (x, -z, y)). ``ObjectAsset.unit_m`` gives metres per GT unit, so
 distances measured in the GT frame convert to metres by multiplying with it.
 
-Kinds (``list_objects(kind, root)``):
+Kinds (``list_objects(kind, root)``), each a :class:`DatasetReader` subclass registered by
+name with :func:`register_dataset` (list, load, detect, unit, axes: a new kind is one class in
+one file):
 
 - ``gso``: Google Scanned Objects, one folder or ``.zip`` per object with
   ``meshes/model.obj`` + ``model.mtl`` (``map_Kd texture.png``) and the texture at
@@ -48,42 +50,37 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import trimesh
 import trimesh.resolvers
 import trimesh.visual
 
-from geolrm_bench.errors import BenchError
+from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.io import atomic_dir, link_outside_root, read_json
-from geolrm_bench.synth import is_synth_root, list_synth
 
 __all__ = [
-    "KINDS",
+    "DatasetReader",
     "MESH_EXTENSIONS",
     "ObjectAsset",
     "ObjectRef",
     "default_root",
     "detect_dataset",
+    "kinds",
     "list_objects",
     "load_mesh_file",
     "normalize_transform",
+    "reader",
+    "register_dataset",
     "source_transform",
 ]
 
 _LOG = logging.getLogger(__name__)
 
-KINDS = ("gso", "scans", "hope", "omni", "meshes", "sample", "ycb", "synth")
-#: kinds an individual object can have (``sample``/``ycb`` are collections of these)
-OBJECT_KINDS = ("gso", "scans", "hope", "omni", "meshes")
 MESH_EXTENSIONS = (".obj", ".glb", ".gltf", ".ply", ".stl", ".off")
 #: flat colour (RGBA uint8) of objects whose texture is missing or that have no colour
 FLAT_GREY = (128, 128, 128, 255)
-#: metres per unit of the source files, per object kind
-UNIT_M = {"gso": 1.0, "scans": 1.0, "hope": 0.01, "omni": 0.001, "meshes": 1.0}
-#: kinds whose files are Y-up (turned Z-up by (x, y, z) -> (x, -z, y)). HOPE: the scans'
-#: labels read upright and bottles/cartons stand along +Y in the files.
-Y_UP_KINDS = ("hope", "omni")
 _COLLISION_RE = re.compile(r"(_col|_coll|_collision|_ch)$", re.IGNORECASE)
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,13 +165,7 @@ class ObjectRef:
 # ----------------------------------------------------------------------------- transforms
 def source_transform(kind: str) -> np.ndarray:
     """[4, 4] float64: source-file coordinates of ``kind`` -> metric (metres), Z-up frame."""
-    if kind not in UNIT_M:
-        raise BenchError(f"unknown object kind {kind!r} (expected one of {', '.join(UNIT_M)})")
-    m = np.eye(4)
-    if kind in Y_UP_KINDS:  # Y-up -> Z-up: (x, y, z) -> (x, -z, y), +90 deg about X
-        m[:3, :3] = [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]
-    m[:3, :3] *= UNIT_M[kind]
-    return m
+    return _object_reader(kind).source_transform()
 
 
 def normalize_transform(vertices: np.ndarray) -> np.ndarray:
@@ -212,8 +203,7 @@ def default_root(kind: str) -> Path:
     ``$GEOLRM_BENCH_DATA/<kind>`` if that variable is set, else ``<checkout>/data/<kind>``
     when this package lives in a source checkout, else ``./data/<kind>``.
     """
-    if kind not in KINDS:
-        raise BenchError(f"unknown dataset kind {kind!r} (expected one of {', '.join(KINDS)})")
+    reader(kind)  # an unknown kind is a BenchError listing the known ones
     env = os.environ.get("GEOLRM_BENCH_DATA")
     if env:
         return Path(env).expanduser() / kind
@@ -408,8 +398,8 @@ def _read_mesh(
     except BenchError:
         raise
     except Exception as e:  # trimesh raises many types on corrupt files
-        msg = " ".join(str(e).split())[:200]
-        raise BenchError(f"object {label!r}: unreadable mesh ({type(e).__name__}: {msg})", path) from None
+        detail = f"{type(e).__name__}: {one_line(e, 200, typed=False)}"
+        raise BenchError(f"object {label!r}: unreadable mesh ({detail})", path) from None
     if isinstance(loaded, trimesh.Scene):
         geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)] if loaded.geometry else []
         loaded = trimesh.util.concatenate(geoms) if geoms else None
@@ -467,41 +457,16 @@ def _visual_obj(folder: Path) -> Path | None:
 def _make_asset(name: str, path: Path, kind: str, source: str, mesh_path: Path, **kw) -> ObjectAsset:
     mesh, notes = _read_mesh(mesh_path, name, **kw)
     mesh, to_norm = _normalise(mesh, source_transform(kind), f"object {name!r} ({mesh_path})")
-    return ObjectAsset(name, mesh, source, path, to_norm, notes, UNIT_M[kind])
+    return ObjectAsset(name, mesh, source, path, to_norm, notes, _object_reader(kind).unit_m)
 
 
 def _load_object(name: str, path: Path, kind: str, source: str) -> ObjectAsset:
-    if kind not in OBJECT_KINDS:
+    r = _READERS.get(kind)
+    if r is None or not r.loadable:
         raise BenchError(f"object {name!r}: unknown kind {kind!r}", path)
     if not path.exists():
         raise BenchError(f"object {name!r}: not found", path)
-    if kind == "gso":
-        folder = extract_zip(path) if path.suffix.lower() == ".zip" else path
-        if folder.is_file():
-            raise BenchError(f"object {name!r}: expected a GSO folder or .zip", path)
-        mesh_path = folder / "meshes" / "model.obj"
-        if not mesh_path.is_file():
-            mesh_path = _visual_obj(folder)
-        if mesh_path is None:
-            raise BenchError(f"object {name!r}: no meshes/model.obj in GSO object", path)
-        tex_dirs = [mesh_path.parent.parent / "materials" / "textures", mesh_path.parent.parent / "materials"]
-        return _make_asset(name, path, kind, source, mesh_path, extra_dirs=tex_dirs, search_root=folder)
-    if path.is_file():  # a loose mesh file: its textures must sit beside it
-        return _make_asset(name, path, kind, source, path)
-    if kind == "omni":
-        mesh_path = path / "Scan" / "Scan.obj"
-        if not mesh_path.is_file():
-            mesh_path = _visual_obj(path)
-    elif kind == "meshes":
-        files = _mesh_files(path)
-        mesh_path = files[0] if len(files) == 1 else None
-        if len(files) > 1:
-            raise BenchError(f"object {name!r}: folder holds {len(files)} meshes; pass one file", path)
-    else:
-        mesh_path = _visual_obj(path)
-    if mesh_path is None:
-        raise BenchError(f"object {name!r}: no mesh file found", path)
-    return _make_asset(name, path, kind, source, mesh_path, search_root=path)
+    return r.load(name, path, source)
 
 
 def load_mesh_file(path: str | Path, kind: str = "meshes") -> ObjectAsset:
@@ -531,65 +496,287 @@ def _unique_names(items: list[tuple[str, Path]], root: Path) -> list[tuple[str, 
     return out
 
 
+# ----------------------------------------------------------------------------- the registry of kinds
+class DatasetReader:
+    """One dataset kind: how to list, load and recognise its objects, and its units and axes.
+
+    A new kind is one subclass registered with :func:`register_dataset` (in any module that
+    this one imports; ``synth`` lives in :mod:`geolrm_bench.synth`). Class attributes:
+
+    - ``name``: the kind (set by the decorator); ``unit_m``: metres per source-file unit;
+      ``y_up``: source files are Y-up (turned Z-up by (x, y, z) -> (x, -z, y));
+    - ``loadable``: objects of this kind are read by :meth:`load` (False for collections such
+      as ``sample`` whose :meth:`list_objects` returns refs of other kinds);
+    - ``detect_order``: rank in :func:`detect_dataset` (lower is tried first);
+    - ``missing_root_hint``: appended to "dataset root not found".
+    """
+
+    name: ClassVar[str] = ""
+    unit_m: ClassVar[float] = 1.0
+    y_up: ClassVar[bool] = False
+    loadable: ClassVar[bool] = True
+    detect_order: ClassVar[int] = 100
+    missing_root_hint: ClassVar[str] = ""
+
+    def source_transform(self) -> np.ndarray:  # [4, 4]
+        """Source-file coordinates -> metric (metres), Z-up frame."""
+        m = np.eye(4)
+        if self.y_up:  # Y-up -> Z-up: (x, y, z) -> (x, -z, y), +90 deg about X
+            m[:3, :3] = [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]
+        m[:3, :3] *= self.unit_m
+        return m
+
+    def list_objects(self, root: Path) -> list[ObjectRef]:
+        """The objects under an existing ``root`` (unsorted; :func:`list_objects` checks and sorts).
+        Default: a root file is one mesh; a folder holds one sub-folder or loose OBJ per object."""
+        if root.is_file():
+            return self.list_file(root)
+        refs = []
+        for p in sorted(root.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_dir() and _visual_obj(p) is not None:
+                refs.append(ObjectRef(p.name, p, self.name))
+            elif p.is_file() and p.suffix.lower() == ".obj" and not _COLLISION_RE.search(p.stem):
+                refs.append(ObjectRef(p.stem, p, self.name))
+        return refs
+
+    def list_file(self, root: Path) -> list[ObjectRef]:
+        """A dataset root that is one file: a mesh file is one object."""
+        if root.suffix.lower() in MESH_EXTENSIONS:
+            return [ObjectRef(root.stem, root, self.name)]
+        raise BenchError(f"not a {self.name} object or dataset folder", root)
+
+    def load(self, name: str, path: Path, source: str) -> ObjectAsset:
+        """Read one object (an existing file or folder) into the normalised frame."""
+        if path.is_file():  # a loose mesh file: its textures must sit beside it
+            return _make_asset(name, path, self.name, source, path)
+        mesh_path = self.mesh_in_folder(name, path)
+        if mesh_path is None:
+            raise BenchError(f"object {name!r}: no mesh file found", path)
+        return _make_asset(name, path, self.name, source, mesh_path, search_root=path)
+
+    def mesh_in_folder(self, name: str, folder: Path) -> Path | None:
+        """The mesh file of an object folder (default: its visual OBJ)."""
+        return _visual_obj(folder)
+
+    def detect(self, root: Path) -> bool:
+        """True when the folder ``root`` looks like a dataset of this kind."""
+        return False
+
+
+_READERS: dict[str, DatasetReader] = {}
+
+
+def register_dataset(name: str):
+    """Class decorator: register a :class:`DatasetReader` subclass as dataset kind ``name``."""
+    def deco(cls: type[DatasetReader]) -> type[DatasetReader]:
+        if name in _READERS:
+            raise ValueError(f"dataset kind {name!r} is registered twice")
+        cls.name = name
+        _READERS[name] = cls()
+        return cls
+    return deco
+
+
+def kinds() -> tuple[str, ...]:
+    """The registered dataset kinds, in registration order."""
+    return tuple(_READERS)
+
+
+def reader(kind: str) -> DatasetReader:
+    """The reader of dataset ``kind``; BenchError listing the known kinds otherwise."""
+    if kind not in _READERS:
+        raise BenchError(f"unknown dataset kind {kind!r} (expected one of {', '.join(_READERS)})")
+    return _READERS[kind]
+
+
+def _object_reader(kind: str) -> DatasetReader:
+    """The reader of an object kind (one whose objects it loads itself)."""
+    r = _READERS.get(kind)
+    if r is None or not r.loadable:
+        known = ", ".join(k for k, v in _READERS.items() if v.loadable)
+        raise BenchError(f"unknown object kind {kind!r} (expected one of {known})")
+    return r
+
+
+@register_dataset("gso")
+class GSOReader(DatasetReader):
+    """Google Scanned Objects: one folder or ``.zip`` per object, ``meshes/model.obj`` + MTL, the
+    texture in ``materials/textures``; metres, Z-up. Zips are extracted once into the cache."""
+
+    detect_order = 40
+
+    def list_objects(self, root: Path) -> list[ObjectRef]:
+        if root.is_dir() and (root / "meshes" / "model.obj").is_file():
+            return [ObjectRef(root.name, root, self.name)]
+        if root.is_file():
+            return self.list_file(root)
+        refs = []
+        for p in sorted(root.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_dir() and _visual_obj(p) is not None:
+                refs.append(ObjectRef(p.name, p, self.name))
+            elif p.is_file() and p.suffix.lower() == ".zip":
+                refs.append(ObjectRef(p.stem, p, self.name))
+        return refs
+
+    def list_file(self, root: Path) -> list[ObjectRef]:
+        if root.suffix.lower() == ".zip":
+            return [ObjectRef(root.stem, root, self.name)]
+        return super().list_file(root)
+
+    def load(self, name: str, path: Path, source: str) -> ObjectAsset:
+        folder = extract_zip(path) if path.suffix.lower() == ".zip" else path
+        if folder.is_file():
+            raise BenchError(f"object {name!r}: expected a GSO folder or .zip", path)
+        mesh_path = folder / "meshes" / "model.obj"
+        if not mesh_path.is_file():
+            mesh_path = _visual_obj(folder)
+        if mesh_path is None:
+            raise BenchError(f"object {name!r}: no meshes/model.obj in GSO object", path)
+        tex_dirs = [mesh_path.parent.parent / "materials" / "textures", mesh_path.parent.parent / "materials"]
+        return _make_asset(name, path, self.name, source, mesh_path, extra_dirs=tex_dirs, search_root=folder)
+
+    def detect(self, root: Path) -> bool:
+        return ((root / "meshes" / "model.obj").is_file()
+                or next(root.glob("*/meshes/model.obj"), None) is not None
+                or next(root.glob("*.zip"), None) is not None)
+
+
+def _loose_objs(root: Path) -> list[Path]:
+    objs = sorted(root.glob("*/*.obj")) + sorted(root.glob("*.obj"))
+    return [p for p in objs if not _COLLISION_RE.search(p.stem)]
+
+
+@register_dataset("scans")
+class ScansReader(DatasetReader):
+    """Loose scanned-object folders (OBJ + MTL + texture), one sub-folder per object, or loose OBJ
+    files; units of the file, Z-up."""
+
+    detect_order = 60
+
+    def detect(self, root: Path) -> bool:
+        return bool(_loose_objs(root))
+
+
+@register_dataset("hope")
+class HopeReader(ScansReader):
+    """HOPE scans: the ``scans`` layout in centimetres, Y-up (upright labels and standing bottles
+    point +Y in the files); recognised by "centimeter" in an OBJ header."""
+
+    unit_m = 0.01
+    y_up = True
+    detect_order = 50
+
+    def detect(self, root: Path) -> bool:
+        return any("centimeter" in _obj_header(p) for p in _loose_objs(root)[:5])
+
+
+@register_dataset("omni")
+class OmniReader(DatasetReader):
+    """OmniObject3D ``raw_scans/<category>/<id>/Scan/Scan.obj|.mtl|.jpg``: millimetres, Y-up."""
+
+    unit_m = 0.001
+    y_up = True
+    detect_order = 30
+
+    def list_objects(self, root: Path) -> list[ObjectRef]:
+        if root.is_file():
+            return self.list_file(root)
+        base = root / "raw_scans" if (root / "raw_scans").is_dir() else root
+        scans = sorted(base.glob("*/*/Scan/Scan.obj")) or sorted(base.glob("*/Scan/Scan.obj"))
+        if not scans and (root / "Scan" / "Scan.obj").is_file():
+            scans = [root / "Scan" / "Scan.obj"]
+        return [ObjectRef(s.parent.parent.name, s.parent.parent, self.name) for s in scans]
+
+    def mesh_in_folder(self, name: str, folder: Path) -> Path | None:
+        mesh_path = folder / "Scan" / "Scan.obj"
+        return mesh_path if mesh_path.is_file() else _visual_obj(folder)
+
+    def detect(self, root: Path) -> bool:
+        return ((root / "raw_scans").is_dir() or root.name == "raw_scans"
+                or (root / "Scan" / "Scan.obj").is_file()
+                or next(root.glob("*/*/Scan/Scan.obj"), None) is not None)
+
+
+@register_dataset("meshes")
+class MeshesReader(DatasetReader):
+    """Any mesh file (.obj .glb .gltf .ply .stl .off) or a folder (tree) of them; a name shared by
+    several files becomes their ``__``-joined relative path."""
+
+    detect_order = 70
+
+    def list_objects(self, root: Path) -> list[ObjectRef]:
+        if root.is_file():
+            return self.list_file(root)
+        files = _mesh_files(root)
+        return [ObjectRef(n, p, self.name) for n, p in _unique_names([(p.stem, p) for p in files], root)]
+
+    def mesh_in_folder(self, name: str, folder: Path) -> Path | None:
+        files = _mesh_files(folder)
+        if len(files) > 1:
+            raise BenchError(f"object {name!r}: folder holds {len(files)} meshes; pass one file", folder)
+        return files[0] if files else None
+
+    def detect(self, root: Path) -> bool:
+        return bool(_mesh_files(root))
+
+
+class _IndexedCollection(DatasetReader):
+    """A folder written by :mod:`geolrm_bench.sample_data`: ``index.json`` gives each object's
+    folder and kind."""
+
+    loadable = False
+    detect_order = 20
+    missing_root_hint = " (run `make data-sample`)"
+
+    def list_objects(self, root: Path) -> list[ObjectRef]:
+        index = read_json(root / "index.json")
+        try:
+            return [ObjectRef(o["name"], root / o["path"], o["kind"], self.name) for o in index["objects"]]
+        except (KeyError, TypeError) as e:
+            raise BenchError(f"malformed index.json ({e!r})", root / "index.json") from None
+
+    def detect(self, root: Path) -> bool:
+        if not (root / "index.json").is_file():
+            return False
+        try:
+            index = read_json(root / "index.json")
+        except BenchError:
+            return False
+        return isinstance(index, dict) and index.get("dataset") == self.name
+
+
+@register_dataset("sample")
+class SampleReader(_IndexedCollection):
+    """The registry scans installed by ``make data-sample`` (see :mod:`geolrm_bench.sample_data`)."""
+
+
+@register_dataset("ycb")
+class YCBReader(_IndexedCollection):
+    """The YCB scans installed by ``make data-sample``."""
+
+
 def list_objects(kind: str, root: str | Path | None = None) -> list[ObjectRef]:
     """List the objects of dataset ``kind`` under ``root`` (default :func:`default_root`), by name.
 
     Cheap: nothing is loaded. Raises BenchError when the root is missing or holds no objects.
     """
-    if kind not in KINDS:
-        raise BenchError(f"unknown dataset kind {kind!r} (expected one of {', '.join(KINDS)})")
+    r = reader(kind)
     root = default_root(kind) if root is None else Path(root)
     if not root.exists():
-        hint = " (run `make data-sample`)" if kind in ("sample", "ycb") else ""
-        raise BenchError(f"{kind} dataset root not found{hint}", root)
-    refs: list[ObjectRef] = []
-    if kind in ("sample", "ycb"):
-        index = read_json(root / "index.json")
-        try:
-            for obj in index["objects"]:
-                refs.append(ObjectRef(obj["name"], root / obj["path"], obj["kind"], kind))
-        except (KeyError, TypeError) as e:
-            raise BenchError(f"malformed index.json ({e!r})", root / "index.json") from None
-    elif kind == "synth":  # OBJ + MTL + texture folders in the normalised frame: loaded as scans
-        refs = [ObjectRef(n, p, "scans", "synth") for n, p in list_synth(root)]
-    elif root.is_file():
-        if kind == "gso" and root.suffix.lower() == ".zip":
-            refs.append(ObjectRef(root.stem, root, kind))
-        elif root.suffix.lower() in MESH_EXTENSIONS:
-            refs.append(ObjectRef(root.stem, root, kind))
-        else:
-            raise BenchError(f"not a {kind} object or dataset folder", root)
-    elif kind == "meshes":
-        files = _mesh_files(root)
-        refs = [ObjectRef(n, p, kind) for n, p in _unique_names([(p.stem, p) for p in files], root)]
-    elif kind == "omni":
-        base = root / "raw_scans" if (root / "raw_scans").is_dir() else root
-        scans = sorted(base.glob("*/*/Scan/Scan.obj")) or sorted(base.glob("*/Scan/Scan.obj"))
-        if not scans and (root / "Scan" / "Scan.obj").is_file():
-            scans = [root / "Scan" / "Scan.obj"]
-        refs = [ObjectRef(s.parent.parent.name, s.parent.parent, kind) for s in scans]
-    else:  # gso, scans, hope: one sub-folder (or zip, or loose OBJ) per object
-        if kind == "gso" and (root / "meshes" / "model.obj").is_file():
-            refs.append(ObjectRef(root.name, root, kind))
-        else:
-            for p in sorted(root.iterdir()):
-                if p.name.startswith("."):
-                    continue
-                if p.is_dir() and _visual_obj(p) is not None:
-                    refs.append(ObjectRef(p.name, p, kind))
-                elif p.is_file() and kind == "gso" and p.suffix.lower() == ".zip":
-                    refs.append(ObjectRef(p.stem, p, kind))
-                elif p.is_file() and kind != "gso" and p.suffix.lower() == ".obj":
-                    if not _COLLISION_RE.search(p.stem):
-                        refs.append(ObjectRef(p.stem, p, kind))
+        raise BenchError(f"{kind} dataset root not found{r.missing_root_hint}", root)
+    refs = r.list_objects(root)
     if not refs:
         raise BenchError(f"no {kind} objects found", root)
-    warn_links_outside(root, [r.path for r in refs])
-    names = [r.name for r in refs]
+    warn_links_outside(root, [ref.path for ref in refs])
+    names = [ref.name for ref in refs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise BenchError(f"duplicate object names in {kind} dataset: {', '.join(dup[:5])}", root)
-    return sorted(refs, key=lambda r: r.name)
+    return sorted(refs, key=lambda ref: ref.name)
 
 
 def warn_links_outside(root: Path, paths: list[Path]) -> list[str]:
@@ -616,7 +803,8 @@ def _obj_header(path: Path, n: int = 2048) -> str:
 
 
 def detect_dataset(root: str | Path) -> str:
-    """Guess the dataset kind of ``root`` (a folder, a GSO zip or one mesh file)."""
+    """Guess the dataset kind of ``root`` (a folder, a GSO zip or one mesh file): the first
+    registered reader, in ``detect_order``, whose :meth:`DatasetReader.detect` accepts it."""
     root = Path(root)
     if not root.exists():
         raise BenchError("dataset root not found", root)
@@ -626,27 +814,11 @@ def detect_dataset(root: str | Path) -> str:
         if root.suffix.lower() in MESH_EXTENSIONS:
             return "meshes"
         raise BenchError("not a mesh file, GSO zip or dataset folder", root)
-    if is_synth_root(root):
-        return "synth"
-    if (root / "index.json").is_file():
-        try:
-            index = read_json(root / "index.json")
-        except BenchError:
-            index = None
-        if isinstance(index, dict) and index.get("dataset") in ("sample", "ycb"):
-            return index["dataset"]
-    if (root / "raw_scans").is_dir() or root.name == "raw_scans" or (root / "Scan" / "Scan.obj").is_file():
-        return "omni"
-    if next(root.glob("*/*/Scan/Scan.obj"), None) is not None:
-        return "omni"
-    if (root / "meshes" / "model.obj").is_file() or next(root.glob("*/meshes/model.obj"), None) is not None:
-        return "gso"
-    if next(root.glob("*.zip"), None) is not None:
-        return "gso"
-    objs = sorted(root.glob("*/*.obj")) + sorted(root.glob("*.obj"))
-    objs = [p for p in objs if not _COLLISION_RE.search(p.stem)]
-    if objs:
-        return "hope" if any("centimeter" in _obj_header(p) for p in objs[:5]) else "scans"
-    if _mesh_files(root):
-        return "meshes"
+    for r in sorted(_READERS.values(), key=lambda r: r.detect_order):
+        if r.detect(root):
+            return r.name
     raise BenchError("cannot tell the dataset kind (no meshes, GSO objects or index.json found)", root)
+
+
+# the kinds defined in other modules register themselves on import (they import this module)
+from geolrm_bench import synth as _synth  # noqa: E402, F401  (registers "synth")

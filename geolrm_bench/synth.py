@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from geolrm_bench.datasets import DatasetReader, ObjectRef, register_dataset
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import atomic_dir, read_json
 
@@ -716,3 +717,19 @@ def list_synth(root: str | Path) -> list[tuple[str, Path]]:
         return []
     return [(p.name, p) for p in sorted(root.iterdir())
             if not p.name.startswith(".") and p.is_dir() and is_synth_object(p)]
+
+
+@register_dataset("synth")
+class SynthReader(DatasetReader):
+    """Dataset kind ``synth``: the objects of this module (``geolrm-bench synth``), one folder each
+    (OBJ + MTL + texture already in the normalised frame), listed by :func:`list_synth` and
+    loaded as ``scans``; recognised by the dataset marker file or an object's own files."""
+
+    loadable = False
+    detect_order = 10
+
+    def list_objects(self, root: Path) -> list[ObjectRef]:
+        return [ObjectRef(n, p, "scans", self.name) for n, p in list_synth(root)]
+
+    def detect(self, root: Path) -> bool:
+        return is_synth_root(root)

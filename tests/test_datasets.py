@@ -426,3 +426,32 @@ def test_loose_obj_does_not_borrow_another_objects_texture(tmp_path):
     with pytest.warns(UserWarning, match="texture.png"):
         asset = refs["loose"].load()
     assert isinstance(asset.mesh.visual, trimesh.visual.ColorVisuals)
+
+
+def test_a_new_kind_is_one_registered_class(tmp_path, monkeypatch):
+    """The registry: one DatasetReader subclass gives listing, loading, detection and units."""
+    monkeypatch.setattr(ds, "_READERS", dict(ds._READERS))  # registration undone after
+
+    @ds.register_dataset("plyfolder")
+    class PlyFolder(ds.DatasetReader):
+        unit_m = 0.001  # millimetres, Z-up
+        detect_order = 5
+
+        def list_objects(self, root):
+            return [ds.ObjectRef(p.stem, p, self.name) for p in sorted(root.glob("*.ply"))]
+
+        def detect(self, root):
+            return (root / "PLYFOLDER").is_file()
+
+    (tmp_path / "PLYFOLDER").write_text("")
+    trimesh.creation.box(extents=(100.0, 50.0, 20.0)).export(tmp_path / "brick.ply")
+    assert "plyfolder" in ds.kinds() and ds.detect_dataset(tmp_path) == "plyfolder"
+    (ref,) = ds.list_objects("plyfolder", tmp_path)
+    asset = ref.load()
+    assert asset.source == "plyfolder" and asset.unit_m == 0.001
+    np.testing.assert_allclose(asset.mesh.bounds, [[-0.5, -0.25, -0.1], [0.5, 0.25, 0.1]], atol=1e-9)
+    np.testing.assert_allclose(asset.to_normalized[:3, :3], np.eye(3) / 100.0, atol=1e-12)  # 100 mm -> 1
+    with pytest.raises(ValueError, match="twice"):
+        ds.register_dataset("plyfolder")(PlyFolder)
+    with pytest.raises(BenchError, match="unknown dataset kind 'nope'"):
+        ds.list_objects("nope", tmp_path)
