@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from geolrm_bench.io import write_json_atomic, write_text_atomic
+from geolrm_bench.methods import CheckpointKind
 
 METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips", "chamfer", "fscore", "inference_s", "memory_gb")
 IMAGE_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
@@ -45,16 +46,16 @@ KEY_COLUMNS: tuple[str, ...] = ("method", "dataset", "num_input_views")
 PAPER_TABLES = Path(__file__).resolve().parent / "data" / "paper_tables.csv"
 # our dataset kinds -> the paper's dataset names
 PAPER_DATASET = {"gso": "GSO", "omni": "OmniObject3D"}
-# checkpoint kinds: "official" (the paper's released weights), "pretrained" (our own trained
-# weights), "random" (a preset with random weights), "external" (another method's predictions)
-PAPER_CHECKPOINT_KINDS = ("official",)
-NOT_PAPER_KINDS = ("random", "pretrained")
+# checkpoint kinds (geolrm_bench.methods.CheckpointKind; plain strings in the files): only the
+# paper's released weights are the paper's model; our own trained weights and random presets are not
+PAPER_CHECKPOINT_KINDS = (CheckpointKind.OFFICIAL,)
+NOT_PAPER_KINDS = (CheckpointKind.RANDOM, CheckpointKind.PRETRAINED)
 
 
 def not_paper_model(checkpoint_kind: str, preset: str | None) -> bool:
     """True when GeoLRM numbers come from random weights or a non-paper preset."""
-    return checkpoint_kind in NOT_PAPER_KINDS or (checkpoint_kind != "external" and preset not in (None, "",
-                                                                                                "paper"))
+    return checkpoint_kind in NOT_PAPER_KINDS or (checkpoint_kind != CheckpointKind.EXTERNAL
+                                                  and preset not in (None, "", "paper"))
 
 
 def ci95(values: Iterable[float]) -> float:

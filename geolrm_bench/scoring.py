@@ -62,8 +62,8 @@ def geometry_scores(points: np.ndarray, gt_points: np.ndarray, to_normalized: np
         inverse of ``to_normalized``, both sets scaled by ``unit_m``; ``tau`` in metres);
         ``chamfer_unitbox`` / ``fscore_unitbox``: the normalised frame (longest side 1).
     """
-    from geolrm_bench.datasets import points_to_gt_frame, points_to_normalized_frame
-    from geolrm_bench.metrics import geometry_metrics, tau_key
+    from geolrm_bench.datasets import points_to_gt_frame, points_to_normalized_frame  # trimesh: lazily
+    from geolrm_bench.metrics import geometry_metrics, tau_key  # torch/scipy: lazily
 
     pred_norm = np.asarray(points, np.float64)
     gt_pts = np.asarray(gt_points, np.float64)
