@@ -71,24 +71,27 @@ render: data-sample
 occupancy-gt: data-sample
 	$(VENV)/bin/geolrm-bench occupancy-gt $(if $(LIMIT),--limit $(LIMIT))
 
-# Both training stages of $(PRESET) on a few sample objects (a few minutes on a CPU). Rerunning
-# resumes each stage from its newest checkpoint (a finished stage just re-exports its model).
-TRAIN_DATA ?= $(OUT)/train-data
-TRAIN_LIMIT ?= 6
-TRAIN_STEPS1 ?= 120
-TRAIN_STEPS2 ?= 40
+# Both training stages of $(PRESET) on a few objects (a few minutes on a CPU): the procedural
+# `synth` objects by default (training data; `TRAIN_DATASET=sample` for the sample scans). The last
+# 2 objects are held out for validation. Rerunning resumes each stage from its newest checkpoint.
+TRAIN_DATASET ?= synth
+TRAIN_DATA ?= $(OUT)/train-data-$(TRAIN_DATASET)
+TRAIN_LIMIT ?= 8
+TRAIN_STEPS1 ?= 100
+TRAIN_STEPS2 ?= 30
 TRAIN_WORKERS ?= 1
 TRAIN_ARGS ?=
-train: data-sample
-	$(VENV)/bin/geolrm-bench occupancy-gt --out $(TRAIN_DATA) --limit $(TRAIN_LIMIT) --render-resolution 128 \
-	  --report-dir $(TRAIN_DATA)/report
+train: setup
+	$(if $(filter synth,$(TRAIN_DATASET)),$(VENV)/bin/geolrm-bench synth --count $(TRAIN_LIMIT) --out $(DATA_DIR)/synth --quiet,@$(MAKE) --no-print-directory data-sample)
+	$(VENV)/bin/geolrm-bench occupancy-gt --dataset $(TRAIN_DATASET) $(if $(filter synth,$(TRAIN_DATASET)),--root $(DATA_DIR)/synth) \
+	  --out $(TRAIN_DATA) --limit $(TRAIN_LIMIT) --render-resolution 128 --report-dir $(TRAIN_DATA)/report --quiet
 	$(VENV)/bin/geolrm-bench train --stage proposal --data $(TRAIN_DATA) --preset $(PRESET) \
 	  --out $(OUT)/train/proposal --steps $(TRAIN_STEPS1) --num-workers $(TRAIN_WORKERS) \
 	  --config warmup=10 --config total_steps=$(TRAIN_STEPS1) --config checkpoint_every=20 \
-	  --config val_every=40 $(TRAIN_ARGS)
+	  --config val_every=25 $(TRAIN_ARGS)
 	$(VENV)/bin/geolrm-bench train --stage reconstruction --data $(TRAIN_DATA) --preset $(PRESET) \
 	  --proposal $(OUT)/train/proposal --out $(OUT)/train/reconstruction --steps $(TRAIN_STEPS2) \
-	  --accumulate 2 --num-workers $(TRAIN_WORKERS) --config warmup=4 --config total_steps=$(TRAIN_STEPS2) \
+	  --accumulate 2 --num-workers $(TRAIN_WORKERS) --config warmup=3 --config total_steps=$(TRAIN_STEPS2) \
 	  --config render_size=64 --config checkpoint_every=5 --config val_every=10 $(TRAIN_ARGS)
 	@echo "evaluate: $(VENV)/bin/geolrm-bench eval --dataset sample --checkpoint $(OUT)/train/reconstruction"
 
