@@ -499,3 +499,33 @@ def test_ray_train_two_workers_survive_a_worker_crash(train_data, tmp_path):
     from geolrm_bench.model.geolrm import GeoLRM
 
     assert GeoLRM.from_pretrained(run).cfg.input_size == 56
+
+
+def test_init_and_proposal_load_our_runs_and_refuse_mismatched_shapes(tmp_path):
+    from geolrm_bench.model.config import get_config
+    from geolrm_bench.model.geolrm import GeoLRM
+
+    from geolrm_bench.training.config import apply_overrides
+
+    torch.manual_seed(7)
+    src = GeoLRM(get_config("tiny", input_size=56))
+    src.save_pretrained(tmp_path / "run")
+    cfg = TrainConfig(stage="reconstruction", data=tmp_path, init=str(tmp_path / "run"))
+    model = loop.build_model(cfg)
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    fresh = TrainConfig(stage="reconstruction", data=tmp_path, model_overrides={"input_size": 56},
+                        proposal=str(tmp_path / "run"))
+    m2 = loop.build_model(fresh)
+    for k, v in src.serializer.state_dict().items():
+        assert torch.equal(m2.serializer.state_dict()[k], v), k
+    assert not torch.equal(m2.lrm_generator.renderer.latent_decoder[0].weight,
+                           src.lrm_generator.renderer.latent_decoder[0].weight)  # LRM not from the run
+    other = TrainConfig(stage="reconstruction", data=tmp_path, preset="tiny",
+                        model_overrides={"feat_dim": 24}, proposal=str(tmp_path / "run"))
+    with pytest.raises(BenchError, match="does not fit"):
+        loop.build_model(other)
+    vals = apply_overrides({"stage": "proposal"}, ["warmup=3", "model.input_size=56", "tokens=gt",
+                                                   "betas=[0.9, 0.99]"])
+    assert vals == {"stage": "proposal", "warmup": 3, "model_overrides": {"input_size": 56}, "tokens": "gt",
+                    "betas": [0.9, 0.99]}
