@@ -144,6 +144,7 @@ def test_zip_caps_refuse_bombs(tmp_path, _cache, monkeypatch):
 # --------------------------------------------------------------------------------------------
 def _tiny_pretrained(folder: Path) -> Path:
     import torch
+
     from geolrm_bench.model.checkpoint import save_pretrained
     from geolrm_bench.model.config import get_config
     from geolrm_bench.model.geolrm import GeoLRM
@@ -154,8 +155,9 @@ def _tiny_pretrained(folder: Path) -> Path:
 
 def test_validate_checkpoint_truncated_and_wrong_shape(tmp_path):
     import torch
-    from geolrm_bench.model.checkpoint import from_pretrained, validate_checkpoint
     from safetensors.torch import save_file
+
+    from geolrm_bench.model.checkpoint import from_pretrained, validate_checkpoint
 
     good = _tiny_pretrained(tmp_path / "good")
     assert validate_checkpoint(good) == "pretrained"
@@ -532,8 +534,15 @@ def test_metrics_images_out_folder(tmp_path, capsys, monkeypatch):
 # 10. no noise at shutdown; failures counted and pointed to, even with --quiet
 # --------------------------------------------------------------------------------------------
 def test_no_opengl_noise_at_exit(tmp_path):
+    from PIL import Image
+
+    # a textured mesh: freeing its GL texture during interpreter teardown printed the noise
+    box = trimesh.creation.box()
+    uv = np.random.default_rng(0).random((len(box.vertices), 2))
+    texture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    box.visual = trimesh.visual.TextureVisuals(uv=uv, image=texture)
     mesh = tmp_path / "box.obj"
-    trimesh.creation.box().export(mesh)
+    box.export(mesh)
     r = subprocess.run([sys.executable, "-m", "geolrm_bench.cli", "render", str(mesh), "--out",
                         str(tmp_path / "o"), "--resolution", "16", "--views", "0", "--quiet"],
                        capture_output=True, text=True, timeout=300)
