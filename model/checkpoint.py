@@ -23,11 +23,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from geolrm_bench.model.config import ModelConfig, get_config
 from torch import Tensor
 
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import atomic_dir
+from geolrm_bench.model.config import ModelConfig, get_config
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "official_keys.tsv"

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
+from geolrm_bench.errors import BenchError
 from geolrm_bench.model.config import ModelConfig, get_config
 from geolrm_bench.model.encoder import ImageEncoder
 from geolrm_bench.model.gaussians import Gaussians
 from geolrm_bench.model.transformer import GeoTransformer
-from torch import Tensor, nn
-
-from geolrm_bench.errors import BenchError
 
 
 @dataclass

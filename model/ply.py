@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from geolrm_bench.model.gaussians import Gaussians
 
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import write_bytes_atomic
+from geolrm_bench.model.gaussians import Gaussians
 
 SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi))
 _OPACITY_EPS = 1e-6  # opacities are clipped to [eps, 1 - eps] before the logit

@@ -53,12 +53,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from geolrm_bench.model.gaussians import Gaussians
 from torch import Tensor
 
 from geolrm_bench import _reference
 from geolrm_bench.cameras import intrinsics_to_pixels, opengl_to_opencv
 from geolrm_bench.errors import BenchError
+from geolrm_bench.model.gaussians import Gaussians
 
 ALPHA_MIN = 1.0 / 255.0  # contributions below this are skipped (3DGS)
 ALPHA_MAX = 0.99  # per-Gaussian alpha clamp (3DGS / official renderer)

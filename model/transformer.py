@@ -17,11 +17,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from geolrm_bench.model.deform_attn import DeformCrossAttention
-from geolrm_bench.model.rope3d import apply_rope3d, rope3d_angles
 from torch import Tensor, nn
 
 from geolrm_bench.cameras import project_points
+from geolrm_bench.model.deform_attn import DeformCrossAttention
+from geolrm_bench.model.rope3d import apply_rope3d, rope3d_angles
 
 
 class RMSNorm(nn.Module):

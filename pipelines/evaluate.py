@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from geolrm_bench.pipelines.cluster import init_ray
 from tqdm import tqdm
 
 from geolrm_bench import reports
@@ -44,6 +43,7 @@ from geolrm_bench.evaluation import (
 )
 from geolrm_bench.io import ensure_output_root, read_json, sha256_file, write_json_atomic, write_text_atomic
 from geolrm_bench.methods import CheckpointKind
+from geolrm_bench.pipelines.cluster import init_ray
 from geolrm_bench.protocol import Protocol, input_view_ids
 from geolrm_bench.protocol import select_objects as _select
 from geolrm_bench.scoring import ObjectRecord

@@ -34,8 +34,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from geolrm_bench.pipelines.cluster import init_ray
-
 from geolrm_bench import occupancy as occ
 from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.io import (
@@ -49,6 +47,7 @@ from geolrm_bench.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from geolrm_bench.pipelines.cluster import init_ray
 
 MANIFEST_NAME = "manifest.jsonl"
 META_NAME = "meta.json"

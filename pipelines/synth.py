@@ -33,6 +33,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import trimesh
+from tqdm import tqdm
+
+from geolrm_bench import synth
+from geolrm_bench.errors import BenchError, one_line
+from geolrm_bench.io import read_json, remove_stale_temporaries, sha256_file, write_json_atomic
 from geolrm_bench.pipelines.occupancy_gt import (
     MANIFEST_NAME,
     _init_ray,
@@ -40,11 +45,6 @@ from geolrm_bench.pipelines.occupancy_gt import (
     append_manifest,
     read_manifest,
 )
-from tqdm import tqdm
-
-from geolrm_bench import synth
-from geolrm_bench.errors import BenchError, one_line
-from geolrm_bench.io import read_json, remove_stale_temporaries, sha256_file, write_json_atomic
 from geolrm_bench.sample_data import geometry_key
 
 

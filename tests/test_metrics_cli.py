@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from geolrm_bench.model.gaussians import Gaussians
 from PIL import Image
 
 from geolrm_bench.cli import main
 from geolrm_bench.commands.metrics import read_png_rgb
+from geolrm_bench.model.gaussians import Gaussians
 
 
 def _save_png(path, arr: np.ndarray) -> None:

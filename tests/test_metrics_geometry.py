@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from geolrm_bench.model.gaussians import Gaussians
 
 from geolrm_bench import _reference
 from geolrm_bench.cameras import look_at_c2w
@@ -23,6 +22,7 @@ from geolrm_bench.metrics import (
     prediction_points,
     sample_surface_points,
 )
+from geolrm_bench.model.gaussians import Gaussians
 
 
 def _grid(n: int = 5, spacing: float = 1.0) -> np.ndarray:

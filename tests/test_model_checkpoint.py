@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from geolrm_bench.cameras import orbit_c2w
+from geolrm_bench.errors import BenchError
 from geolrm_bench.model.checkpoint import (
     build_empty,
     dino_key_map,
@@ -19,9 +22,6 @@ from geolrm_bench.model.checkpoint import (
 )
 from geolrm_bench.model.config import get_config
 from geolrm_bench.model.geolrm import GeoLRM
-
-from geolrm_bench.cameras import orbit_c2w
-from geolrm_bench.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "golden"

@@ -6,15 +6,15 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-import geolrm_bench.model.deform_attn as da
 import pytest
 import torch
+
+import geolrm_bench.model.deform_attn as da
+from geolrm_bench import _reference
 from geolrm_bench.model.deform_attn import DeformCrossAttention, deform_attn
 from geolrm_bench.model.encoder import interpolate_pos_encoding_tf434
 from geolrm_bench.model.rope3d import apply_rope3d, rope3d_angles
 from geolrm_bench.model.transformer import RMSNorm, SelfAttention
-
-from geolrm_bench import _reference
 
 
 def _rope_scores(q, k, pos):  # [B,N,H,D] x2, [B,N,3] -> [B,H,N,N]

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-from geolrm_bench.model.config import PRESETS, get_config
-from geolrm_bench.model.geolrm import GeoLRM
 
 from geolrm_bench import cameras
 from geolrm_bench.cameras import plucker_rays, project_points
 from geolrm_bench.errors import BenchError
+from geolrm_bench.model.config import PRESETS, get_config
+from geolrm_bench.model.geolrm import GeoLRM
 
 SIZE = 56
 

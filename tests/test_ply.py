@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from geolrm_bench.model.gaussians import Gaussians
-from geolrm_bench.model.ply import load_ply, save_ply
 
 from geolrm_bench.errors import BenchError
+from geolrm_bench.model.gaussians import Gaussians
+from geolrm_bench.model.ply import load_ply, save_ply
 
 C0 = 1.0 / (2.0 * math.sqrt(math.pi))  # degree-0 spherical harmonic, from its definition
 

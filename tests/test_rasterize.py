@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from geolrm_bench.model.gaussians import Gaussians
-from geolrm_bench.model.rasterize import render_gaussians
 from scipy.spatial.transform import Rotation
 
 from geolrm_bench.cameras import look_at_c2w
+from geolrm_bench.model.gaussians import Gaussians
+from geolrm_bench.model.rasterize import render_gaussians
 
 BG = (0.2, 0.4, 0.6)
 

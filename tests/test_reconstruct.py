@@ -42,13 +42,12 @@ def _run(args: list[str]) -> int:
 
 
 def test_reconstruct_preset_tiny_writes_all_outputs(box_object, tmp_path, capsys):
+    from geolrm_bench import gobjaverse
+    from geolrm_bench.gobjaverse import read_png_rgba
     from geolrm_bench.model.config import get_config
     from geolrm_bench.model.geolrm import GeoLRM
     from geolrm_bench.model.ply import load_ply
     from geolrm_bench.model.rasterize import render_gaussians
-
-    from geolrm_bench import gobjaverse
-    from geolrm_bench.gobjaverse import read_png_rgba
 
     out = tmp_path / "rec"
     assert _run([str(box_object), "--preset", "tiny", "--out", str(out), "--device", "cpu"]) == 0

@@ -21,10 +21,9 @@ import trimesh
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
-from geolrm_bench.pipelines import synth as pipe  # noqa: E402
-
 from geolrm_bench import datasets, synth  # noqa: E402
 from geolrm_bench.cli import main as cli_main  # noqa: E402
+from geolrm_bench.pipelines import synth as pipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_INDEX = REPO / "data" / "sample" / "index.json"

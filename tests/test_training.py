@@ -442,9 +442,8 @@ def test_short_runs_lower_each_stage_loss_and_the_run_loads_in_eval(train_data, 
     assert (tmp_path / "s2" / "curves.png").is_file() and (tmp_path / "s2" / "validation.csv").is_file()
 
     # the run folder loads unchanged where eval / reconstruct load a checkpoint
-    from geolrm_bench.model.checkpoint import validate_checkpoint
-
     from geolrm_bench.commands.reconstruct import load_model
+    from geolrm_bench.model.checkpoint import validate_checkpoint
 
     validate_checkpoint(str(tmp_path / "s2"))
     model, info = load_model(str(tmp_path / "s2"), None)
@@ -504,7 +503,6 @@ def test_ray_train_two_workers_survive_a_worker_crash(train_data, tmp_path):
 def test_init_and_proposal_load_our_runs_and_refuse_mismatched_shapes(tmp_path):
     from geolrm_bench.model.config import get_config
     from geolrm_bench.model.geolrm import GeoLRM
-
     from geolrm_bench.training.config import apply_overrides
 
     torch.manual_seed(7)
