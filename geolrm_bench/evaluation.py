@@ -146,7 +146,9 @@ def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol:
             if asset is None and src.ref is not None:
                 asset = src.ref.load()
             if asset is not None:
-                from geolrm_bench.metrics import sample_surface_points
+                from geolrm_bench.metrics import (
+                    sample_surface_points,  # torch/trimesh: only when GT points are sampled
+                )
 
                 t0 = time.perf_counter()
                 pts = np.asarray(sample_surface_points(asset.gt_mesh(), n=protocol.num_gt_points,
@@ -220,7 +222,7 @@ class Evaluator:
     """The actor body: one method (model) and one LPIPS network, built once."""
 
     def __init__(self, spec: MethodSpec, lpips_net: str = "vgg"):
-        from geolrm_bench.metrics import LPIPS
+        from geolrm_bench.metrics import LPIPS  # torch/torchvision: only in the model actor
 
         self.method = build_method(spec)
         self.lpips = LPIPS(net=lpips_net, device=self.method.device)
@@ -229,7 +231,7 @@ class Evaluator:
         """The model's description for the report (kind, preset, weights hash, device)."""
         import torch  # heavy: only in the actor
 
-        from geolrm_bench.metrics.cost import cpu_name
+        from geolrm_bench.metrics.cost import cpu_name  # torch via metrics: only in the model actor
 
         dev = self.method.device
         name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else cpu_name()

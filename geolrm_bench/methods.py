@@ -179,7 +179,7 @@ def load_geolrm(checkpoint: str | None, preset: str | None, seed: int = 0):
     """
     import torch  # heavy: only when a model is built
 
-    from geolrm_bench.model.geolrm import GeoLRM
+    from geolrm_bench.model.geolrm import GeoLRM  # torch + the network: only when a model is built
 
     if checkpoint:
         path = Path(checkpoint)
@@ -189,7 +189,7 @@ def load_geolrm(checkpoint: str | None, preset: str | None, seed: int = 0):
         pretrained = kind is CheckpointKind.PRETRAINED
         model = GeoLRM.from_pretrained(path) if pretrained else GeoLRM.load_official(path)
         return model.eval(), kind
-    from geolrm_bench.model.config import get_config
+    from geolrm_bench.model.config import get_config  # (beside GeoLRM above)
 
     torch.manual_seed(seed)
     return GeoLRM(get_config(preset or "tiny")).eval(), CheckpointKind.RANDOM
@@ -247,7 +247,7 @@ class GeoLRMMethod(Method):
         memory-measured together (:func:`geolrm_bench.metrics.measure_cost`)."""
         import torch  # heavy: only when a model runs
 
-        from geolrm_bench.metrics import measure_cost
+        from geolrm_bench.metrics import measure_cost  # torch: only in the process running the method
 
         dev = self.device
         images = views.images[None].to(dev)  # [1, V, 3, H, W]
@@ -272,9 +272,9 @@ class GeoLRMMethod(Method):
         """
         import torch  # heavy: only when a model runs
 
-        from geolrm_bench import gobjaverse
-        from geolrm_bench.metrics import prediction_points
-        from geolrm_bench.model.rasterize import render_gaussians
+        from geolrm_bench import gobjaverse  # torch (ViewBatch): only when predicting
+        from geolrm_bench.metrics import prediction_points  # torch/trimesh: only when predicting
+        from geolrm_bench.model.rasterize import render_gaussians  # torch: only when predicting
 
         vin = gobjaverse.load_views(object_dir, views=protocol.input_views, background=protocol.background)
         vt = gobjaverse.load_views(object_dir, views=protocol.test_views, background=protocol.background,
@@ -331,7 +331,7 @@ class PredictionsMethod(Method):
         ``name``; BenchError when its folder has no usable output."""
         import torch  # heavy: only when predictions are rendered
 
-        from geolrm_bench import gobjaverse
+        from geolrm_bench import gobjaverse  # torch (ViewBatch): only when predicting
 
         folder = self.object_folder(name)
         H = W = protocol.resolution
@@ -346,9 +346,9 @@ class PredictionsMethod(Method):
         vt = gobjaverse.load_views(object_dir, views=protocol.test_views, background=protocol.background,
                                    resolution=protocol.resolution)
         if plys:
-            from geolrm_bench.metrics import prediction_points
-            from geolrm_bench.model.ply import load_ply
-            from geolrm_bench.model.rasterize import render_gaussians
+            from geolrm_bench.metrics import prediction_points  # torch/trimesh: only when predicting
+            from geolrm_bench.model.ply import load_ply  # torch: only for .ply predictions
+            from geolrm_bench.model.rasterize import render_gaussians  # torch: only when predicting
 
             g = load_ply(plys[0]).to(self.device)
             with torch.no_grad():
@@ -360,7 +360,7 @@ class PredictionsMethod(Method):
                               num_gaussians=len(g), extra={"source": plys[0].name}, **kw)
         if meshes:
             from geolrm_bench import rendering  # pyrender/OpenGL: only for mesh predictions
-            from geolrm_bench.metrics import prediction_points
+            from geolrm_bench.metrics import prediction_points  # torch/trimesh: only when predicting
 
             mesh = load_prediction_mesh(meshes[0])
             layers = rendering.render_views(mesh, resolution=H, views=list(protocol.test_views))
@@ -425,7 +425,7 @@ def load_prediction_mesh(path: Path):
     """A predicted mesh, validated like the 3DGS path: a PLY's header counts must fit the file
     and match what was read, every vertex must be finite and there must be faces (trimesh would
     otherwise drop bad vertices silently). Then processed as ``trimesh.load`` does by default."""
-    import trimesh
+    import trimesh  # heavy: only for mesh predictions
 
     path = Path(path)
     counts = ply_header_counts(path) if path.suffix.lower() == ".ply" else {}
@@ -460,7 +460,7 @@ def _is_3dgs_ply(path: Path) -> bool:
 def _read_png_on_bg(path: Path, background, size: int) -> np.ndarray:  # -> [3, H, W]
     """A PNG as [3, size, size] float32 in [0, 1], alpha-composited on ``background`` (RGB in
     [0, 1]) and box-resized to ``size`` when needed; BenchError naming the file if unreadable."""
-    from PIL import Image
+    from PIL import Image  # only for PNG predictions
 
     try:
         im = Image.open(path)

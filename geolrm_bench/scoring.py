@@ -33,7 +33,7 @@ def image_scores(images: np.ndarray, gt_images: np.ndarray) -> tuple[np.ndarray,
     with :func:`geolrm_bench.metrics.psnr` / :func:`geolrm_bench.metrics.ssim`."""
     import torch  # heavy: only in the scoring worker
 
-    from geolrm_bench.metrics import psnr, ssim
+    from geolrm_bench.metrics import psnr, ssim  # (torch, as above)
 
     p = torch.from_numpy(np.ascontiguousarray(images)).float()
     g = torch.from_numpy(np.ascontiguousarray(gt_images)).float()

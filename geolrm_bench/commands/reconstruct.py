@@ -28,8 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from geolrm_bench import gobjaverse
 from geolrm_bench.errors import BenchError
+from geolrm_bench.gobjaverse import view_name, view_paths, write_png_rgba
+from geolrm_bench.io import atomic_dir, check_replaceable, write_json_atomic
+from geolrm_bench.methods import CheckpointKind, GeoLRMMethod, load_geolrm
 from geolrm_bench.model.config import PRESETS
+from geolrm_bench.protocol import parse_view_ids
 
 DEFAULT_INPUT_VIEWS = "0,6,12,18"
 
@@ -69,8 +74,6 @@ def load_model(checkpoint: str | None, preset: str | None, seed: int = 0) -> tup
     """GeoLRM (eval mode, CPU) and the description of its source written into ``metadata.json``
     (``kind`` and the resolved checkpoint path, or the preset); the loading is
     :func:`geolrm_bench.methods.load_geolrm`, as in ``eval``."""
-    from geolrm_bench.methods import load_geolrm
-
     if not checkpoint and preset is None:
         raise BenchError("give --checkpoint or --preset")
     model, kind = load_geolrm(checkpoint, preset, seed)
@@ -84,19 +87,16 @@ def _source(checkpoint: str | None, preset: str | None, kind) -> dict:
 
 
 def _available_views(object_dir: Path) -> list[int]:
-    from geolrm_bench.gobjaverse import view_paths
-
     return [i for i in range(40) if view_paths(object_dir, i)["json"].is_file()]
 
 
 def render_views_to_pngs(gaussians, c2w_opengl, K_norm, views: list[int], height: int, width: int,
                          out_dir: Path, device: str, quiet: bool = False) -> None:
     """Render each camera and write ``<NNNNN>.png`` RGBA (straight colour, alpha = opacity)."""
-    import torch
+    import torch  # heavy: only when the command runs
     from tqdm import tqdm
 
-    from geolrm_bench.gobjaverse import view_name, write_png_rgba
-    from geolrm_bench.model.rasterize import render_gaussians
+    from geolrm_bench.model.rasterize import render_gaussians  # torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
     g = gaussians.to(device)
@@ -118,8 +118,6 @@ OUTPUT_MARKERS = ("metadata.json", "gaussians.ply", "occupancy.npy")  # a recons
 def check_reconstruct_out(out: Path, object_dir: Path, overwrite: bool) -> None:
     """Refuse an ``--out`` that is (or holds) the input object, a file, a link, or a folder the
     toolkit did not write; an earlier reconstruct output only with ``--overwrite``."""
-    from geolrm_bench.io import check_replaceable
-
     o, src = out.resolve(), object_dir.resolve()
     if o == src or o in src.parents:
         raise BenchError("is the input object folder (or holds it); choose another --out", out)
@@ -129,11 +127,7 @@ def check_reconstruct_out(out: Path, object_dir: Path, overwrite: bool) -> None:
 def run(args) -> int:
     import torch  # heavy: only when the command runs
 
-    from geolrm_bench import gobjaverse
-    from geolrm_bench.io import atomic_dir, write_json_atomic
-    from geolrm_bench.methods import CheckpointKind, GeoLRMMethod
-    from geolrm_bench.model.ply import save_ply
-    from geolrm_bench.protocol import parse_view_ids
+    from geolrm_bench.model.ply import save_ply  # torch
 
     object_dir = Path(args.object_dir)
     if not object_dir.is_dir():
