@@ -206,7 +206,7 @@ def compare_golden(outputs: Mapping[str, np.ndarray], golden: Mapping[str, np.nd
         worst = float(np.abs(logits.reshape(-1)[flips]).max()) if flips.any() else 0.0
         ok = worst < tol.flip_logit
         checks.append(GoldenCheck("occupancy flips", "flips", worst, tol.flip_logit, ok,
-                                  f"{int(flips.sum())} flipped voxels, largest |logit| {worst:.3g}"))
+                                  f"{int(flips.sum())} flipped voxels, largest abs logit {worst:.3g}"))
     else:
         checks.append(GoldenCheck("occupancy flips", "flips", float("inf"), tol.flip_logit, False,
                                   f"mask of {ref_mask.size} voxels vs {logits.size} logits"))

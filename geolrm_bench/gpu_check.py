@@ -366,7 +366,7 @@ def step_golden(ctx: Context) -> list[Row]:
     checks = gold.compare_golden(outputs, data, tol)
     for c in checks:
         rows.append(Row("golden", c.name, "ok" if c.ok else "fail", True, measured=c.error, limit=c.limit,
-                        unit="rel" if c.kind == "rel" else ("|logit|" if c.kind == "flips" else "max abs"),
+                        unit="rel" if c.kind == "rel" else ("abs logit" if c.kind == "flips" else "max abs"),
                         detail=c.detail))
     rows.append(Row("golden", "load + forward", "info", seconds=t2 - t0,
                     detail=f"weights {t1 - t0:.1f} s, forward {t2 - t1:.1f} s; {tol.name} tolerances, "
@@ -959,8 +959,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if device.type not in ("cuda", "cpu"):
             raise BenchError(f"--device must be cuda or cpu, got {args.device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
-            print(f"no CUDA: torch {torch.__version__} (CUDA build {torch.version.cuda}) sees no CUDA "
-                  "device; nothing to check here (--device cpu runs the CPU stand-in)")
+            build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+            print(f"no CUDA: torch {torch.__version__} ({build}) sees no CUDA device; nothing to check "
+                  "here (--device cpu runs the CPU stand-in)")
             return 0
         if not args.time_budget > 0:
             raise BenchError(f"--time-budget must be > 0 seconds, got {args.time_budget}")
