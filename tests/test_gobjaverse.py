@@ -176,3 +176,15 @@ def test_exr_layer_prefixed_channels_and_missing_channel(tmp_path):
         f.write(str(q))
     with pytest.raises(BenchError, match="rgb_nd.exr.*lacks channel"):
         gobjaverse.read_nd_exr(q)
+
+
+def test_load_cameras_without_images(tmp_path):
+    """Cameras only (reconstruct's render views): the layout's OpenGL c2w, GObjaverse K, PNG size."""
+    obj = tmp_path / "obj"
+    _write_fake_object(obj, views=(3, 26), H=6, W=10)
+    c2w, K, size = gobjaverse.load_cameras(obj, [26, 3])
+    assert size == (6, 10) and c2w.dtype == K.dtype == np.float32
+    np.testing.assert_allclose(c2w, cameras.gobjaverse_c2w([26, 3], convention="opengl"), atol=1e-6)
+    np.testing.assert_allclose(K, np.stack([cameras.intrinsics_from_fov()] * 2), atol=1e-6)
+    with pytest.raises(BenchError, match="00007"):
+        gobjaverse.load_cameras(obj, [7])
