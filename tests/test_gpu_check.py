@@ -130,6 +130,32 @@ def test_budget_skips_optional_steps_only():
     assert gc.exit_code(results) == 0
 
 
+def test_table3_cells_are_guarded_and_cut_by_the_budget(monkeypatch):
+    """A raising cell is an error row and the sweep goes on; once a measured cell shows that the next
+    would overrun the budget, the remaining cells are skip rows."""
+    monkeypatch.setattr(gc, "GeoLRM", lambda cfg: torch.nn.Linear(2, 2))  # no real model needed
+    seen = []
+
+    def fake_cell(ctx, model, cfg, dtype, views, paper, per_run):
+        seen.append((dtype, views))
+        if (dtype, views) == ("bf16", 2):
+            raise RuntimeError("expected scalar type Float but found BFloat16")
+        per_run[dtype] = 1.0 if views == 2 else 1000.0  # seconds per view per run
+        return gc.Row("table3", f"{dtype} {views} views", "info", measured=0.1, unit="s")
+
+    monkeypatch.setattr(gc, "_table3_cell", fake_cell)
+    ctx = _ctx(tmp_budget=gc.REPORT_RESERVE_S + 60, views=(2, 3, 4), repeats=1)
+    rows = gc.step_table3(ctx)
+    assert seen == [("fp32", 2), ("bf16", 2), ("fp32", 3)]
+    by_name = {r.check: r for r in rows}
+    assert by_name["bf16 2 views"].status == "error" and "BFloat16" in by_name["bf16 2 views"].detail
+    assert by_name["fp32 3 views"].status == "info"
+    # fp32 now costs 1000 s per view and run: bf16 (no measurement yet, estimated from fp32) and
+    # everything at 4 views would overrun the 60 s left
+    for name in ("bf16 3 views", "fp32 4 views", "bf16 4 views"):
+        assert by_name[name].status == "skip" and by_name[name].detail.startswith("time budget")
+
+
 def test_skip_option_and_bad_options():
     ctx = _ctx(skip=("rasterizer",))
     res = gc.run_steps([s for s in gc.STEPS if s.name == "rasterizer"], ctx)
