@@ -505,6 +505,21 @@ def test_stale_staging_folders_are_removed(tmp_path):
     assert sorted(p.name for p in renders.iterdir()) == [live.name]
 
 
+def test_occupancy_run_reports_removed_staging(tmp_path, capsys):
+    out = ensure_output_root(tmp_path / "out", lock=False)  # an earlier run's root
+    legacy = out / "renders" / ".staging-a1b2c3d4" / "obj"  # a crashed worker's (older name)
+    legacy.mkdir(parents=True)
+    (legacy / "00000.png").write_bytes(bytes(3 << 20))
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    (ds / "broken.obj").write_text("not a mesh\n")
+    rc = cli(["occupancy-gt", "--dataset", "meshes", "--root", str(ds), "--out", str(out), "--report-dir",
+              str(tmp_path / "rep"), "--local", "--quiet"])
+    assert rc == 1
+    assert "removed 1 stale staging folder(s) of crashed workers (3.0 MiB)" in capsys.readouterr().out
+    assert not (out / "renders" / ".staging-a1b2c3d4").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # 9. --report-dir and metrics --out checked before the work
 # --------------------------------------------------------------------------------------------
