@@ -831,16 +831,15 @@ def summary_markdown(results: Sequence[StepResult], ctx: Context, env: dict, cod
     lines += ["## Steps", "", markdown_table(["step", "what", "status", "seconds"],
                                              [[r.name, r.title, r.status, r.seconds] for r in results]), ""]
     if ctx.table3:
+        counter = ("`torch.cuda.max_memory_allocated` / `max_memory_reserved`" if ctx.device.type == "cuda"
+                   else "process RSS (`measure_cost` on the CPU; no reserved pool)")
         lines += ["## Table 3: reconstruction time and memory vs input views", "",
                   f"{ctx.table3[0]['preset']} preset, random weights (time and memory do not depend on "
-                  "them), "
-                  f"{ctx.table3[0]['input_size']} px inputs, token cap as the preset, one batch item; "
-                  f"{p.warmup} warm-up, median of {p.repeats} synchronised runs; memory = peak "
-                  "`torch.cuda.max_memory_allocated` / `max_memory_reserved` over the runs, weights "
-                  "included, in GB = 1e9 bytes (the stricter reading of the paper's GB). fp32 with "
-                  "torch's default TF32 settings (see config.json), "
-                  "bf16 = autocast. "
-                  "Paper: official code on the paper's GPU, GB as printed.", "",
+                  f"them), {ctx.table3[0]['input_size']} px inputs, token cap as the preset, one batch "
+                  f"item; {p.warmup} warm-up, median of {p.repeats} synchronised runs; memory = peak "
+                  f"{counter} over the runs, weights included, in GB = 1e9 bytes (the stricter reading "
+                  "of the paper's GB). fp32 with torch's default TF32 settings (see config.json), "
+                  "bf16 = autocast. Paper: official code on the paper's GPU, GB as printed.", "",
                   table3_markdown(ctx.table3), ""]
     lines += ["## Checks", "",
               markdown_table(CHECK_HEADERS, [_check_cells(r) for res in results for r in res.rows]), "",
