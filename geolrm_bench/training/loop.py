@@ -14,6 +14,22 @@ Stage 1 trains ``model.serializer`` (the whole proposal network). Stage 2 trains
 statistics). The official code leaves it in train mode, so its BatchNorm normalises with batch
 statistics and keeps updating the running ones during stage 2 (TRAINING.md 1.4); set
 ``proposal_train_mode=True`` to reproduce that quirk.
+
+Other differences from the official code, each deliberate (TRAINING.md section in brackets):
+
+* schedule stepped per optimizer update with W / T in updates (1.1; see ``schedule.py``);
+* targets composited once, cleanly, on the random background (``rgb a + bg (1 - a)``), not the
+  official double-alpha ``rgb a^2 + a (1 - a) + (1 - a) bg`` at soft edges (3.3);
+* stage-2 tokens: paper maths (voxel centres, sorted subset, no zero padding) for our presets; a
+  proposal that predicts fewer than ``min_tokens`` voxels gives its top-``min_tokens`` logits
+  instead of failing (3.4); ``compat`` models (``--init geolrm.ckpt``) keep the official padding;
+* the token subset and every view / background draw come from generators seeded by (seed, update,
+  worker, micro-batch), not the global RNG, so a resumed run repeats the uninterrupted one;
+* GT occupancy at R_gt = 128 is reduced to the model grid by ``index * R // 128`` (tiny: 32^3).
+Under DDP, as in the official per-GPU code, the affinity loss, the depth loss (mean over valid
+pixels) and BatchNorm statistics are per worker micro-batch, so N workers equal one worker
+accumulating their N micro-batches, not one worker on the concatenated batch (tests check both,
+the second with ``freeze_bn`` and no depth term).
 """
 
 from __future__ import annotations
