@@ -527,3 +527,23 @@ def test_init_and_proposal_load_our_runs_and_refuse_mismatched_shapes(tmp_path):
                                                    "betas=[0.9, 0.99]"])
     assert vals == {"stage": "proposal", "warmup": 3, "model_overrides": {"input_size": 56}, "tokens": "gt",
                     "betas": [0.9, 0.99]}
+
+
+@needs_renderer
+def test_bf16_step_matches_fp32_loss_and_gt_tokens_use_the_occupancy(train_data, tmp_path, one_thread):
+    ds = TrainDataset(train_data, 32, 56, 32)
+    base = dict(data=train_data, out=tmp_path, model_overrides=SMALL, render_size=32, batch_size=1,
+                accumulate=1, warmup=0, total_steps=5, train_max_tokens=64)
+    got = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainConfig(stage="proposal", precision=precision, **base)
+        sm = _fresh_setup(cfg)
+        got[precision] = loop.train_step(sm, [loop.make_batch(ds, [0], np.random.default_rng(0), cfg)])
+    assert got["bf16"]["finite"] == 1.0
+    assert got["bf16"]["loss"] == pytest.approx(got["fp32"]["loss"], rel=0.05)  # bf16: ~3 significant digits
+    cfg = TrainConfig(stage="reconstruction", tokens="gt", w_lpips=0.0, **base)
+    sm = _fresh_setup(cfg)
+    batch = loop.make_batch(ds, [1], np.random.default_rng(0), cfg)
+    assert batch.occupancy is not None
+    _, _, info = loop.forward_losses(sm, batch)
+    assert info["tokens"] == min(64, int(batch.occupancy.sum()))  # GT voxels, capped
