@@ -85,6 +85,7 @@ class TrainConfig:
     plot_every: int = 10  # updates between redraws of curves.png
     max_failures: int = 2  # Ray FailureConfig: worker-group restarts from the last checkpoint
     progress: bool = True  # tqdm bar on rank 0
+    prefetch: bool = True  # load the next update's views in a thread while this one trains
     crash_at_step: int | None = None  # tests only: os._exit(137) after this update (simulated kill -9)
 
     def __post_init__(self) -> None:

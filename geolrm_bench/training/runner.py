@@ -25,6 +25,7 @@ import csv
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -265,11 +266,19 @@ def train_worker(cfg: TrainConfig, hooks: Hooks) -> dict:
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True)
     status = "done"
     step = start
+
+    def load(s: int) -> list[loop.Batch]:  # a pure function of the update: safe to run ahead
+        return [loop.make_batch(train_ds, order.items(s, m), loop.step_rng(cfg.seed, s, rank, m), cfg)
+                for m in range(cfg.accumulate)]
+
+    # the next update's micro-batches load in a thread while this one trains (data_time_s = wait)
+    pool = ThreadPoolExecutor(max_workers=1) if cfg.prefetch else None
+    pending = pool.submit(load, step) if pool is not None and step < cfg.steps else None
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
-            mbs = [loop.make_batch(train_ds, order.items(step, m), loop.step_rng(cfg.seed, step, rank, m),
-                                   cfg) for m in range(cfg.accumulate)]
+            mbs = pending.result() if pending is not None else load(step)
+            pending = pool.submit(load, step + 1) if pool is not None and step + 1 < cfg.steps else None
             t_data = time.perf_counter() - t0
             met = loop.train_step(sm, mbs)
             dt = time.perf_counter() - t0
@@ -310,6 +319,8 @@ def train_worker(cfg: TrainConfig, hooks: Hooks) -> dict:
                     marker.write_text(f"{step}\n")
                     os._exit(137)  # tests: a kill -9 right here (no cleanup, no final save)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
     result = {"status": status, "step": step, "last_checkpoint": last_ckpt, "run": str(run_dir)}
