@@ -561,22 +561,24 @@ def step_training(ctx: Context) -> list[Row]:
         with torch.device(dev):
             model = GeoLRM(model_cfg)
         sm = train_loop.setup(model, cfg, dev)
-        losses, times = [], []
-        for _ in range(p.train_steps):
+        losses, times, phases = [], [], {}  # phases: the trainer's own split of the steps after the first
+        for i in range(p.train_steps):
             _sync(dev)
             t0 = time.perf_counter()
-            metrics = train_loop.train_step(sm, [batch])
+            metrics = train_loop.train_step(sm, [batch], timings=phases if i else None)
             _sync(dev)
             times.append(time.perf_counter() - t0)
             losses.append(float(metrics["loss"]))
+        split = ", ".join(f"{k} {v / (p.train_steps - 1) * 1e3:.0f}" for k, v in phases.items())
         finite = all(math.isfinite(v) for v in losses)
         drop = losses[0] - losses[-1]
         ok = finite and drop > 0
+        detail = (f"loss {' -> '.join(f'{v:.4g}' for v in losses)}; step "
+                  f"{statistics.median(times[1:] or times) * 1e3:.0f} ms (median after the first "
+                  f"{times[0] * 1e3:.0f} ms" + (f"; mean ms: {split}" if split else "") + ")")
         rows.append(Row("training", name, "ok" if ok else "fail", True, seconds=sum(times),
                         measured=losses[-1], limit=losses[0], unit="loss",
-                        detail=f"loss {' -> '.join(f'{v:.4g}' for v in losses)}; "
-                               f"step {statistics.median(times[1:] or times) * 1e3:.0f} ms (median after the "
-                               f"first {times[0] * 1e3:.0f} ms)" + ("" if finite else "; non-finite loss")))
+                        detail=detail + ("" if finite else "; non-finite loss")))
         del sm, model
     return rows
 
