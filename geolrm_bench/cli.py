@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "geolrm_bench.commands.reconstruct",
     "geolrm_bench.commands.evaluate",
     "geolrm_bench.commands.train",
+    "geolrm_bench.commands.ablate",
 ]
 
 
