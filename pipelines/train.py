@@ -190,6 +190,8 @@ def run_training(cfg: TrainConfig, local: bool = False) -> dict:
             with _Progress(cfg.out, cfg.steps, cfg.stage, show_progress):
                 result = trainer.fit()
             error = result.error
+        except SystemExit:  # Ray Train's SIGINT handler aborts the run, then calls sys.exit
+            raise KeyboardInterrupt from None
         except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; report their last line
             error = e
         if error is not None:
@@ -199,5 +201,8 @@ def run_training(cfg: TrainConfig, local: bool = False) -> dict:
             ray.shutdown()
     status = read_json(cfg.out / "status.json")
     if status.get("status") != "done":
-        raise BenchError(status.get("reason", f"training ended with status {status.get('status')}"), cfg.out)
+        reason = status.get("reason") or (
+            f"training stopped at update {status.get('step')} (status {status.get('status')}); rerun the "
+            f"same command to resume from {status.get('last_checkpoint')}")
+        raise BenchError(reason, cfg.out)
     return status

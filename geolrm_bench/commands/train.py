@@ -81,7 +81,14 @@ def run(args) -> int:
     if cfg.steps < cfg.warmup:
         print(f"train: note: {cfg.steps} updates end inside the {cfg.warmup}-update warmup "
               "(set --config warmup=... total_steps=... for a short run)")
-    status = run_training(cfg, local=args.local)
+    try:
+        status = run_training(cfg, local=args.local)
+    except KeyboardInterrupt:
+        import sys
+
+        print(f"train: stopped; rerun the same command to resume from the newest checkpoint in {cfg.out}",
+              file=sys.stderr)
+        raise
     out = cfg.out
     print(f"train {cfg.stage}: {status['step']} updates done")
     print(f"  model:       {out}/config.json + model.safetensors (geolrm-bench eval --checkpoint {out})")
