@@ -181,7 +181,7 @@ def run_training(cfg: TrainConfig, local: bool = False) -> dict:
             _worker_fn,
             train_loop_config=cfg.to_dict(),
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                         resources_per_worker={"CPU": 0 if cfg.use_gpu else threads}),
+                                         resources_per_worker={"CPU": threads}),
             run_config=RunConfig(name=RAY_DIR, storage_path=str(cfg.out),
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                                  failure_config=FailureConfig(max_failures=cfg.max_failures)),
