@@ -6,6 +6,8 @@ GObjaverse cameras (distance 1.645 / 1.9547, fov 39.6 deg) see them whole.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -58,3 +60,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def make_occupancy_data(root: Path) -> Path:
+    """``occupancy-gt`` output (local, no Ray) for a sphere and a box at 64 px, R_gt = 128, under
+    ``root/train-data``: the smallest training data the trainer accepts (as in test_training.py).
+    Skips the test when no offscreen renderer is available."""
+    from geolrm_bench.pipelines import occupancy_gt as pipe  # Ray/pyrender: only for tests that train
+
+    root = Path(root)
+    meshes = root / "meshes"
+    meshes.mkdir(parents=True, exist_ok=True)
+    trimesh.creation.icosphere(subdivisions=3, radius=2.0).export(meshes / "sphere.ply")
+    trimesh.creation.box(extents=(3.0, 2.0, 1.0)).export(meshes / "box.stl")
+    out = root / "train-data"
+    try:
+        res = pipe.run_occupancy_gt(pipe.OccupancyGTConfig(dataset="meshes", root=meshes, out=out,
+                                                           render_resolution=64, local=True, progress=False,
+                                                           report_dir=root / "occ-report"))
+    except Exception as e:  # noqa: BLE001 - no offscreen OpenGL here: the data cannot be made
+        pytest.skip(f"offscreen renderer unavailable ({type(e).__name__})")
+    assert res.counts["done"] == 2
+    return out
+
+
+@pytest.fixture(scope="session")
+def occupancy_data(tmp_path_factory):
+    """:func:`make_occupancy_data` once per session (read-only for the tests)."""
+    return make_occupancy_data(tmp_path_factory.mktemp("occupancy-data"))
