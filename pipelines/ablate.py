@@ -47,12 +47,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from geolrm_bench import ablation
-from geolrm_bench.errors import BenchError, one_line
+from geolrm_bench.errors import BenchError
 from geolrm_bench.eval_config import EvalConfig, method_spec
 from geolrm_bench.evaluation import Evaluator, prepare_object, resolve_sources
 from geolrm_bench.io import ensure_output_root, output_lock, read_json, write_json_atomic, write_text_atomic
 from geolrm_bench.pipelines.cluster import init_ray
-from geolrm_bench.pipelines.evaluate import run_eval
+from geolrm_bench.pipelines.evaluate import actor_error_reason, run_eval
 from geolrm_bench.protocol import DEFAULT_LIMIT, select_objects
 from geolrm_bench.reports import provenance, write_csv_atomic
 from geolrm_bench.training.config import TrainConfig, apply_overrides
@@ -263,11 +263,12 @@ def run_trial(cfg: AblationConfig, spec: ablation.TrialSpec) -> dict:
     return result
 
 
-def _tune_trial(config: dict) -> None:
-    """The Ray Tune function trainable: one trial spec, the shared job config."""
+def _tune_trial(config: dict, job: dict | None = None) -> None:
+    """The Ray Tune function trainable: ``config["trial"]`` the trial spec (the grid), ``job`` the
+    shared AblationConfig (``tune.with_parameters``, so a restored experiment gets this run's)."""
     from ray import tune  # heavy optional dependency: only inside Ray Tune workers
 
-    cfg = AblationConfig.from_dict(config["job"])
+    cfg = AblationConfig.from_dict(job or {})
     result = run_trial(cfg, ablation.TrialSpec.from_dict(config["trial"]))
     tune.report({k: v for k, v in result.items() if isinstance(v, int | float)})
 
@@ -361,16 +362,15 @@ def _fit(cfg: AblationConfig, trials: list[ablation.TrialSpec], run: Path) -> li
     from ray import tune  # heavy optional dependency: only when the experiment runs
 
     resources = {"cpu": cfg.threads, "gpu": 1 if cfg.use_gpu else 0}
-    trainable = tune.with_resources(_tune_trial, resources)
+    trainable = tune.with_resources(tune.with_parameters(_tune_trial, job=cfg.to_dict()), resources)
     path = run / TUNE_DIR
     if tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
-        job = cfg.to_dict()
         tuner = tune.Tuner(
             trainable,
-            param_space={"job": job, "trial": tune.grid_search([t.to_dict() for t in trials])},
+            param_space={"trial": tune.grid_search([t.to_dict() for t in trials])},
             tune_config=tune.TuneConfig(trial_name_creator=lambda t: t.config["trial"]["name"],
                                         trial_dirname_creator=lambda t: t.config["trial"]["name"]),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(run), verbose=0 if cfg.quiet else 1,
@@ -382,7 +382,7 @@ def _fit(cfg: AblationConfig, trials: list[ablation.TrialSpec], run: Path) -> li
         name = r.config["trial"]["name"] if r.config else "?"
         done = (trial_dir(cfg, ablation.TrialSpec.from_dict(r.config["trial"])) / RESULT_FILE).is_file() \
             if r.config else False
-        err = one_line(r.error) if r.error else ("" if done else "no result")
+        err = actor_error_reason(r.error) if r.error else ("" if done else "no result")
         out.append((name, err))
     return out
 
@@ -420,7 +420,8 @@ def write_report(cfg: AblationConfig, variants: list[ablation.Variant], trials: 
         f"{len(train_objects)} objects of `{cfg.data}`, evaluated on {len(objects)} held-out "
         f"`{cfg.eval_dataset}` "
         f"objects at {cfg.eval_resolution} px.**",
-        f"Wall time {wall_s / 3600:.2f} h for this command ({trial_wall / 3600:.2f} h summed over trials, "
+        f"Wall time {wall_s / 3600:.2f} h for this invocation (a resumed run counts only its own part); "
+        f"{trial_wall / 3600:.2f} h summed over the trials' own times ("
         f"{cfg.threads} CPU thread(s) per trial{', 1 GPU' if cfg.use_gpu else ''}).",
         "The paper trained a 12-layer model at 224 px on Objaverse for an unstated number of steps and "
         "evaluated on GSO: compare DIRECTIONS of the differences to `full`, not values.",
