@@ -33,6 +33,7 @@ points, ``points_P`` IS ``full`` (tiny: 4, small/paper: 8) and the report says s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from geolrm_bench.errors import BenchError
+from geolrm_bench.io import write_bytes_atomic
 from geolrm_bench.model.config import get_config
 from geolrm_bench.reports import ci95, load_paper_tables
 
@@ -328,8 +330,6 @@ def plot_views(summary: pd.DataFrame, path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from geolrm_bench.reports import _savefig_atomic
-
     sel = summary[summary["variant"].isin(["full", "fixed_views"])]
     if sel.empty:
         return None
@@ -351,7 +351,9 @@ def plot_views(summary: pd.DataFrame, path: Path) -> Path | None:
     ax.set_title("PSNR vs input views: full vs fixed 6-view training")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _savefig_atomic(fig, Path(path))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    write_bytes_atomic(path, buf.getvalue())
     plt.close(fig)
     return Path(path)
 

@@ -138,6 +138,26 @@ def test_paired_difference_and_summary_against_hand_computations():
     assert ablation._verdict(-2.0, 1.0, -0.2) == "same direction as the paper"
 
 
+def test_cli_lists_the_library_variants():
+    from geolrm_bench.commands import ablate as cmd
+
+    assert cmd.VARIANT_NAMES == tuple(ablation.BY_NAME) and cmd.TABLES == ablation.TABLES
+
+
+def test_stage1_option_replaces_only_the_full_config_proposal(tmp_path):
+    from geolrm_bench.pipelines.ablate import AblationConfig, stage1_dir
+
+    cfg = AblationConfig(data=tmp_path, out=tmp_path / "run", steps=2, model_overrides=SMALL,
+                         stage1=str(tmp_path / "given"))
+    got = {t.name: stage1_dir(cfg, t) for t in ablation.plan_trials(ablation.select_variants("all"), "tiny",
+                                                                    [42], SMALL)}
+    for name, (path, train) in got.items():
+        if name.split("-s")[0] in ("full", "fixed_views", "points_0", "points_8", "points_16"):
+            assert (path, train) == ((tmp_path / "given").resolve(), False), name
+        else:
+            assert train and path.parent == (tmp_path / "run" / "stage1").resolve(), name
+
+
 def test_cli_errors_are_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "geolrm_bench.cli", "ablate",
                           "--data", str(tmp_path / "none"), "--steps", "2", "--out", str(tmp_path / "run"),

@@ -20,10 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from geolrm_bench.ablation import BY_NAME, TABLES
 from geolrm_bench.errors import BenchError
 from geolrm_bench.model.config import PRESETS
 from geolrm_bench.protocol import DEFAULT_LIMIT
+
+# geolrm_bench.ablation holds the definitions but loads pandas; the CLI builds every parser at start,
+# so the names are repeated here (tests/test_ablation.py checks they match)
+TABLES = ("4", "5", "all")
+VARIANT_NAMES = ("full", "no_plucker", "no_low_level", "no_high_level", "no_rope", "fixed_views", "points_0",
+                 "points_4", "points_8", "points_16")
 
 
 def _model_override(text: str) -> tuple[str, object]:
@@ -42,7 +47,8 @@ def register(subparsers) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--table", default="all", choices=TABLES, help="which table's variants (default all)")
     p.add_argument("--variants", default=None,
-                   help=f"comma-separated subset ({', '.join(BY_NAME)}); full is always included")
+                   help=f"comma-separated variants instead of --table's ({', '.join(VARIANT_NAMES)}); "
+                        "full is always included")
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model preset (default tiny)")
     p.add_argument("--model", action="append", default=[], type=_model_override, metavar="FIELD=VALUE",
                    help="ModelConfig override for every variant, e.g. input_size=56; repeatable")
