@@ -130,6 +130,12 @@ def test_paired_difference_and_summary_against_hand_computations():
     # the paper's rows (paper_tables.csv, Table 4): no_rope3d 20.52, full 20.73
     assert nr["paper_psnr"] == pytest.approx(20.52) and nr["paper_d_psnr"] == pytest.approx(20.52 - 20.73)
     assert full["paper_lpips"] == pytest.approx(0.216)
+    # Table 5 rows: the paper's Δ against its row with our full model's points (tiny: 4 -> 20.21)
+    t5 = _long([("full", 42, 6, "a", 10.0, 0.5, 0.2), ("points_0", 42, 6, "a", 9.0, 0.5, 0.2)])
+    s5 = ablation.summary_table(t5, ablation.select_variants("5", ["points_0"]), full_points=4)
+    assert s5[s5.variant == "points_0"].iloc[0]["paper_d_psnr"] == pytest.approx(19.52 - 20.21)
+    s8 = ablation.summary_table(t5, ablation.select_variants("5", ["points_0"]), full_points=8)
+    assert s8[s8.variant == "points_0"].iloc[0]["paper_d_psnr"] == pytest.approx(19.52 - 20.73)
     md = ablation.summary_markdown(s, ["Budget: 2 updates"])
     assert md.splitlines()[2] == "> Budget: 2 updates"
     assert "interval includes 0" in md  # +2.0 with half-width 2.48: no conclusion
