@@ -103,6 +103,31 @@ def test_stage_configs_carry_the_variant_and_the_shared_budget(tmp_path):
         AblationConfig(data=tmp_path, out=tmp_path / "r", steps=2, train_config=["fixed_input_views=3"])
 
 
+def test_every_variants_models_save_and_load_with_their_switch(tmp_path, one_thread):
+    """Each trial's stage-1 and stage-2 models as the trainer builds them (no updates): saved with
+    save_pretrained, loaded back, the switch is in the loaded config; stage 2 accepts the trial's
+    stage-1 proposal (shared or its own)."""
+    from geolrm_bench.model.checkpoint import save_pretrained
+    from geolrm_bench.model.geolrm import GeoLRM
+    from geolrm_bench.pipelines.ablate import AblationConfig, stage1_config, stage1_dir, stage2_config
+    from geolrm_bench.training.loop import build_model
+
+    cfg = AblationConfig(data=tmp_path, out=tmp_path / "run", steps=2, model_overrides=SMALL)
+    for t in ablation.plan_trials(ablation.select_variants("all"), "tiny", [42], SMALL):
+        v = ablation.BY_NAME[t.variants[0]]
+        s1, _ = stage1_dir(cfg, t)
+        if not (s1 / "config.json").is_file():
+            save_pretrained(build_model(stage1_config(cfg, t, s1)), s1)
+        out = tmp_path / "models" / t.name
+        save_pretrained(build_model(stage2_config(cfg, t, s1)), out)
+        got = GeoLRM.from_pretrained(out).cfg
+        for key, value in v.switches:
+            assert getattr(got, key) == value, t.name
+        want_points = v.recon_points if v.recon_points is not None else 4
+        assert got.reconstruction.points == want_points and got.proposal.points == 4, t.name
+    assert len(list((tmp_path / "run" / "stage1").iterdir())) == 5  # full-config + 4 encoder switches
+
+
 # ----------------------------------------------------------------------------- report maths
 def _long(rows):
     cols = ["variant", "seed", "num_input_views", "object", "psnr", "ssim", "lpips"]
