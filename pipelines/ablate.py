@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from geolrm_bench import ablation
@@ -227,8 +228,6 @@ def eval_config(cfg: AblationConfig, spec: ablation.TrialSpec, n: int) -> EvalCo
 def run_trial(cfg: AblationConfig, spec: ablation.TrialSpec) -> dict:
     """Stage 1 (if this trial's proposal is not trained yet), stage 2, evaluation; each step
     resumes or is skipped when done. Returns the trial's metrics (also ``result.json``)."""
-    import torch  # heavy: only in the process that trains
-
     t0 = time.perf_counter()
     tdir = trial_dir(cfg, spec)
     tdir.mkdir(parents=True, exist_ok=True)
