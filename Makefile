@@ -122,20 +122,25 @@ ablations: setup
 	  --eval-dataset sample --limit $(ABLATE_LIMIT) --eval-resolution $(ABLATE_RES) \
 	  --train-config accumulate=1 --train-config lr=2e-4 --train-config render_size=64 $(ABLATE_ARGS)
 
+# The model of eval-gso / eval-omni / sweep-views: CHECKPOINT= wins, then a PRESET= given on the
+# command line or in the environment (random weights); neither = the bundled trained model
+# (model/weights/tiny-zeroverse). PRESET's default (tiny) is for the training targets only.
+MODEL_ARGS = $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),$(if $(filter command environment,$(firstword $(origin PRESET))),--preset $(PRESET)))
+
 eval-gso: setup
 	$(if $(GSO_ROOT),,@$(MAKE) --no-print-directory data-sample)
 	$(VENV)/bin/geolrm-bench eval $(if $(GSO_ROOT),--dataset gso --root $(GSO_ROOT),--dataset sample) \
-	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--preset $(PRESET)) --input-views 6 $(if $(LIMIT),--limit $(LIMIT))
+	  $(MODEL_ARGS) --input-views 6 $(if $(LIMIT),--limit $(LIMIT))
 
 eval-omni: setup
 	$(if $(OMNI_ROOT),,@$(MAKE) --no-print-directory data-sample)
 	$(VENV)/bin/geolrm-bench eval $(if $(OMNI_ROOT),--dataset omni --root $(OMNI_ROOT),--dataset sample) \
-	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--preset $(PRESET)) --input-views 6 $(if $(LIMIT),--limit $(LIMIT))
+	  $(MODEL_ARGS) --input-views 6 $(if $(LIMIT),--limit $(LIMIT))
 
 sweep-views: setup
 	$(if $(GSO_ROOT),,@$(MAKE) --no-print-directory data-sample)
 	$(VENV)/bin/geolrm-bench sweep-views $(if $(GSO_ROOT),--dataset gso --root $(GSO_ROOT),--dataset sample) \
-	  $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT),--preset $(PRESET)) $(if $(LIMIT),--limit $(LIMIT))
+	  $(MODEL_ARGS) $(if $(LIMIT),--limit $(LIMIT))
 
 # GPU check (issue 14; README "GPU check"). Deliberately NOT dependent on `setup`: on an offline GPU
 # node with a stock image (torch, transformers, numpy) and no .venv it runs the node's $(GPU_PYTHON)

@@ -8,14 +8,16 @@ CLI builds its parsers from it): no torch, trimesh or pandas here.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from geolrm_bench.methods import MethodSpec
+from geolrm_bench.methods import MethodSpec, resolve_model_source
+from geolrm_bench.model import weights as bundled_weights
 from geolrm_bench.model.config import PRESETS
 from geolrm_bench.options import option
 from geolrm_bench.protocol import DEFAULT_LIMIT, DEFAULT_TEST_VIEWS, Protocol, parse_view_ids
@@ -30,8 +32,9 @@ class EvalConfig:
     dataset: str = option("sample", "dataset kind (gso, omni, scans, hope, meshes, sample, ycb) or a folder "
                                     "of GObjaverse-format renders (default: sample)")
     root: str | None = option(None, "dataset root (default: the kind's default root)")
-    checkpoint: str | None = option(None, "official GeoLRM .ckpt, or a folder written by save_pretrained",
-                                    group="source")
+    checkpoint: str | None = option(None, "official GeoLRM .ckpt, or a folder written by save_pretrained "
+                                          "(default, with no --preset/--predictions: the bundled model "
+                                          "model/weights/tiny-zeroverse)", group="source")
     preset: str | None = option(None, "model preset with RANDOM weights (pipeline checks only)",
                                 choices=PRESETS, group="source")
     predictions: str | None = option(None, "evaluate another method: DIR/<object>/ holding a 3DGS .ply, a "
@@ -64,6 +67,13 @@ class EvalConfig:
                                        "(default 16000)", type=int)
     fscore_tau: float = 0.2
     quiet: bool = option(False, "no progress bar or log lines")
+    baselines: bool = option(True, "also evaluate the two reference rows on the same objects and views: "
+                                   "random weights of the same preset (seeded) and the nearest input view "
+                                   "(default on; --no-baselines to skip)",
+                             action=argparse.BooleanOptionalAction)
+    pictures: bool = option(True, "write the qualitative grids pictures/<object>.png and overview.png "
+                                  "(default on; --no-pictures to skip)",
+                            action=argparse.BooleanOptionalAction)
 
     def __post_init__(self) -> None:
         if self.input_views:  # explicit ids fix N
@@ -80,7 +90,16 @@ class EvalConfig:
             return self.method
         if self.predictions:
             return Path(self.predictions).resolve().name
+        if self.checkpoint and bundled_weights.is_bundled(self.checkpoint):
+            return "GeoLRM-bundled"
         return "GeoLRM" if self.checkpoint else f"GeoLRM-{self.preset or 'tiny'}"
+
+    def with_default_model(self) -> EvalConfig:
+        """This config with the default-model rule applied
+        (:func:`geolrm_bench.methods.resolve_model_source`: the bundled model when no
+        ``--checkpoint`` / ``--preset`` / ``--predictions``; BenchError when it is missing)."""
+        checkpoint, preset = resolve_model_source(self.checkpoint, self.preset, self.predictions)
+        return replace(self, checkpoint=checkpoint, preset=preset)
 
     def dataset_name(self) -> str:
         return Path(self.dataset).name if ("/" in self.dataset or os.sep in self.dataset) else self.dataset
@@ -101,10 +120,30 @@ def method_spec(cfg: EvalConfig) -> MethodSpec:
                       device=cfg.device, max_tokens=cfg.max_tokens, input_size=cfg.input_size, seed=cfg.seed)
 
 
-def run_key(cfg: EvalConfig, protocol: Protocol) -> str:
-    """A short hash of everything that changes an object's numbers (protocol + method)."""
-    spec = method_spec(cfg).identity()
-    spec["checkpoint_files"] = checkpoint_fingerprint(cfg.checkpoint)  # a replaced file is redone
+#: the reference rows of every report (``--baselines``): name -> what the row is called
+BASELINE_NAMES = {"random": "baseline: random weights", "nearest-view": "baseline: nearest input view"}
+
+
+def baseline_specs(cfg: EvalConfig, preset: str | None) -> dict[str, MethodSpec]:
+    """The baselines' methods, by name: ``random`` = random weights of ``preset`` (the evaluated
+    model's preset; ``tiny`` when it has none), seeded with ``cfg.seed``, with the run's token
+    cap and input size; ``nearest-view`` = :class:`geolrm_bench.methods.NearestViewMethod`.
+    ``random`` is left out when the evaluated model IS random weights (the model row is that
+    baseline)."""
+    out = {}
+    if cfg.predictions or cfg.checkpoint:
+        out["random"] = MethodSpec(preset=preset or "tiny", device=cfg.device, max_tokens=cfg.max_tokens,
+                                   input_size=cfg.input_size, seed=cfg.seed)
+    out["nearest-view"] = MethodSpec(baseline="nearest-view", seed=cfg.seed)
+    return out
+
+
+def run_key(cfg: EvalConfig, protocol: Protocol, spec: MethodSpec | None = None) -> str:
+    """A short hash of everything that changes an object's numbers (protocol + method; the
+    method is ``spec`` when given, else the run's own)."""
+    checkpoint = spec.checkpoint if spec is not None else cfg.checkpoint
+    spec = (spec or method_spec(cfg)).identity()
+    spec["checkpoint_files"] = checkpoint_fingerprint(checkpoint)  # a replaced file is redone
     proto = {k: v for k, v in protocol.to_dict().items() if k != "limit"}  # a larger subset reuses
     blob = json.dumps({"protocol": proto, "method": spec, "lpips": cfg.lpips_net,
                        "geometry": GEOMETRY_FRAMES},  # records of the older metre headline are redone

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from geolrm_bench import datasets, gobjaverse
+from geolrm_bench import datasets, gobjaverse, pictures
 from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.io import read_json, save_npz_atomic, write_json_atomic
 from geolrm_bench.methods import MethodSpec, build_method, safe_name
@@ -221,11 +222,18 @@ class MethodOutput:
 class Evaluator:
     """The actor body: one method (model) and one LPIPS network, built once."""
 
-    def __init__(self, spec: MethodSpec, lpips_net: str = "vgg"):
+    def __init__(self, spec: MethodSpec, lpips_net: str = "vgg", lpips: Any = None):
+        """``lpips``: an already built :class:`geolrm_bench.metrics.LPIPS` on the same device to
+        share (the baselines reuse the model's network), else one is built."""
         from geolrm_bench.metrics import LPIPS  # torch/torchvision: only in the model actor
 
+        self.spec = spec
         self.method = build_method(spec)
-        self.lpips = LPIPS(net=lpips_net, device=self.method.device)
+        if lpips is not None and getattr(lpips, "net", None) == lpips_net \
+                and str(lpips.device) == str(self.method.device):
+            self.lpips = lpips
+        else:
+            self.lpips = LPIPS(net=lpips_net, device=self.method.device)
 
     def info(self) -> dict:
         """The model's description for the report (kind, preset, weights hash, device)."""
@@ -236,7 +244,8 @@ class Evaluator:
         dev = self.method.device
         name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else cpu_name()
         return {"checkpoint_kind": str(self.method.checkpoint_kind), "preset": self.method.preset,
-                "checkpoint_sha256": self.method.checkpoint_sha256, "device": dev, "device_name": name}
+                "checkpoint_sha256": self.method.checkpoint_sha256, "device": dev, "device_name": name,
+                "model_description": self.method.description}
 
     def predict(self, prep: PreparedObject, protocol: Protocol) -> MethodOutput:
         """Reconstruct + render the test views + LPIPS. Never raises: errors become the output."""
@@ -270,10 +279,14 @@ class Evaluator:
 # stage 3 (CPU): metrics and the per-object record
 # --------------------------------------------------------------------------------------------
 def score_object(prep: PreparedObject, out: MethodOutput, protocol: Protocol, record_file: str,
-                 meta: dict) -> ObjectRecord:
+                 meta: dict, picture_file: str | None = None) -> ObjectRecord:
     """PSNR / SSIM per test view, Chamfer / F-score (three frames); writes the record atomically.
 
-    ``meta``: ``method``, ``dataset``, ``run_key`` of the run.
+    ``meta``: ``method``, ``dataset``, ``run_key`` of the run. ``picture_file``: where to write
+    the object's qualitative grid (:func:`geolrm_bench.pictures.write_object_picture`; a
+    failure there is a warning, not a failed object). Stage times go into the record
+    (``render_s`` / ``gt_points_s`` / ``load_s`` / ``inference_s`` / ``raster_s`` / ``lpips_s``
+    / ``image_metrics_s`` / ``geometry_s`` / ``picture_s``).
     """
     t0 = time.perf_counter()
     rec = ObjectRecord(object=prep.name, **meta, num_input_views=protocol.num_input_views,
@@ -283,7 +296,9 @@ def score_object(prep: PreparedObject, out: MethodOutput, protocol: Protocol, re
             raise BenchError(prep.error or "preparation failed")
         if out.status != "ok":
             raise BenchError(out.error or "prediction failed")
+        t_img = time.perf_counter()
         ps, ss = image_scores(out.images, out.gt_images)
+        rec.image_metrics_s = time.perf_counter() - t_img
         lp = np.asarray(out.lpips, dtype=np.float64).reshape(-1)
         for i, v in enumerate(protocol.test_views):
             rec.views.append({"view": int(v), "psnr": float(ps[i]), "ssim": float(ss[i]),
@@ -291,12 +306,14 @@ def score_object(prep: PreparedObject, out: MethodOutput, protocol: Protocol, re
         rec.psnr, rec.ssim, rec.lpips = float(ps.mean()), float(ss.mean()), float(lp.mean())
         rec.fill_missing_geometry()
         if out.points is not None and prep.gt_points:
+            t_geo = time.perf_counter()
             with np.load(prep.gt_points) as z:
                 gt_pts, to_norm = z["points"], z["to_normalized"]
                 unit_m = float(z["unit_m"]) if "unit_m" in z.files else 1.0
             rec.gt_unit_m = unit_m
             for k, v in geometry_scores(out.points, gt_pts, to_norm, unit_m, protocol.fscore_tau).items():
                 setattr(rec, k, v)
+            rec.geometry_s = time.perf_counter() - t_geo
         elif out.points is None:
             rec.warnings.append("method gave no geometry: chamfer/fscore not computed")
         rec.inference_s, rec.memory_gb = float(out.inference_s), float(out.memory_gb)
@@ -304,13 +321,41 @@ def score_object(prep: PreparedObject, out: MethodOutput, protocol: Protocol, re
         rec.reconstruct_s = float(out.reconstruct_s)
         rec.memory_method = (out.extra or {}).get("memory_method", "")
         rec.lpips_s = float(out.lpips_s)
-        if (out.extra or {}).get("warning"):
-            rec.warnings.append(out.extra["warning"])
+        extra = out.extra or {}
+        rec.gt_points_s = float(prep.gt_s)
+        rec.load_s, rec.raster_s = extra.get("load_s"), extra.get("raster_s")
+        if extra.get("warning"):
+            rec.warnings.append(extra["warning"])
     except Exception as e:
         rec.status, rec.error = "failed", one_line(e)
     rec.metrics_s = time.perf_counter() - t0 + float(out.lpips_s or 0.0)
+    if picture_file and rec.status == "ok":
+        t_pic = time.perf_counter()
+        try:
+            inputs = input_thumbnails(prep.object_dir, protocol.input_views, protocol.background,
+                                      min(pictures.TILE, protocol.resolution))
+            pictures.write_object_picture(picture_file, inputs, out.gt_images, out.images,
+                                          tile=min(pictures.TILE, protocol.resolution))
+        except Exception as e:  # a picture is a nice-to-have: never fails the object
+            rec.warnings.append(f"picture not written: {one_line(e)}")
+        rec.picture_s = time.perf_counter() - t_pic
     write_json_atomic(record_file, rec.to_dict())
     return rec
+
+
+def input_thumbnails(object_dir: str, views, background, size: int) -> np.ndarray:
+    """The input views' PNGs composited on ``background``, box-downscaled to ``size`` px:
+    ``[N, 3, size, size]`` float32 in [0, 1] (PNGs only; no depth/normal EXRs are read)."""
+    out = []
+    bg = np.asarray(background, np.float32)
+    for v in views:
+        rgba = gobjaverse.read_png_rgba(gobjaverse.view_paths(object_dir, int(v))["png"])
+        rgb = rgba[..., :3] * rgba[..., 3:] + bg * (1 - rgba[..., 3:])
+        im = Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BOX)
+        out.append(np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0)
+    return np.stack(out)
 
 
 # --------------------------------------------------------------------------------------------

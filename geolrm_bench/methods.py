@@ -9,6 +9,8 @@ has a ``device``, describes its weights (``checkpoint_kind``, ``preset``,
   ``from_pretrained`` folders, or a preset with random weights) reconstructs 3D Gaussians from
   the protocol's input views and rasterizes them at the test views. ``geolrm-bench
   reconstruct`` uses the same adapter (:meth:`GeoLRMMethod.reconstruct`).
+- :class:`NearestViewMethod`: the nearest-input-view baseline (each test view predicted by the
+  input view whose camera direction from the object centre is closest; no geometry).
 - :class:`PredictionsMethod`: method-agnostic; another method's outputs on disk, per object
   ``root/<object>/`` holding a 3DGS ``.ply`` (rasterized with :mod:`geolrm_bench.model.rasterize`), a mesh
   (``.obj/.glb/.gltf/.ply/.off/.stl``, rendered with :func:`geolrm_bench.rendering.render_views`)
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -44,6 +47,7 @@ import numpy as np
 
 from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.io import read_json, sha256_file
+from geolrm_bench.model import weights as bundled_weights
 from geolrm_bench.protocol import Protocol
 
 MESH_EXTS = (".obj", ".glb", ".gltf", ".ply", ".off", ".stl")
@@ -55,13 +59,33 @@ class CheckpointKind(StrEnum):
 
     OFFICIAL = "official"  # the official GeoLRM .ckpt
     PRETRAINED = "pretrained"  # a GeoLRM.save_pretrained folder (config.json + model.safetensors)
+    BUNDLED = "bundled"  # the toolkit's own trained model (geolrm_bench.model.weights.BUNDLED)
     RANDOM = "random"  # a preset with random weights: pipeline checks only
     EXTERNAL = "external"  # another method's outputs (--predictions)
+    BASELINE = "baseline"  # a reference method without weights (e.g. the nearest input view)
 
     @classmethod
     def of_checkpoint(cls, path: str | Path) -> CheckpointKind:
-        """``pretrained`` for a folder, ``official`` for a file."""
+        """``bundled`` for the bundled model's folder, ``pretrained`` for another folder,
+        ``official`` for a file."""
+        if bundled_weights.is_bundled(path):
+            return cls.BUNDLED
         return cls.PRETRAINED if Path(path).is_dir() else cls.OFFICIAL
+
+
+def resolve_model_source(checkpoint: str | None, preset: str | None,
+                         predictions: str | None = None) -> tuple[str | None, str | None]:
+    """The one default-model rule of ``eval``, ``sweep-views`` and ``reconstruct``.
+
+    ``--checkpoint`` wins, then ``--preset`` (random weights), then ``--predictions`` (another
+    method: no model); with none of them the bundled model
+    (:data:`geolrm_bench.model.weights.BUNDLED`, read at call time) is used. Returns
+    ``(checkpoint, preset)``. A missing bundled folder is a one-line BenchError saying how to
+    get a model; there is no silent fallback to random weights.
+    """
+    if checkpoint or preset or predictions:
+        return checkpoint, preset
+    return str(bundled_weights.check(bundled_weights.BUNDLED)), None
 
 
 def safe_name(name: str) -> str:
@@ -125,6 +149,7 @@ class Method:
     checkpoint_kind: CheckpointKind = CheckpointKind.EXTERNAL
     preset: str = ""
     checkpoint_sha256: str = ""
+    description: str = ""  # one sentence for the report's first line ("" : none)
 
     def predict(self, object_dir: str | Path, protocol: Protocol, name: str) -> Prediction:
         """Test views (``protocol.test_views`` at ``protocol.resolution`` px, cameras from the
@@ -137,13 +162,15 @@ class Method:
 class MethodSpec:
     """What builds a method (picklable: sent to the evaluation's model actor).
 
-    ``predictions`` selects :class:`PredictionsMethod`; otherwise :class:`GeoLRMMethod` from
+    ``predictions`` selects :class:`PredictionsMethod`; ``baseline`` a reference method by
+    name (:data:`BASELINES`: ``nearest-view``); otherwise :class:`GeoLRMMethod` from
     ``checkpoint`` or ``preset``. ``threads`` (torch CPU threads) is set by the scheduler.
     """
 
     checkpoint: str | None = None
     preset: str | None = None
     predictions: str | None = None
+    baseline: str | None = None
     device: str = "auto"
     max_tokens: int | None = None
     input_size: int | None = None
@@ -152,8 +179,11 @@ class MethodSpec:
 
     def identity(self) -> dict[str, Any]:
         """The fields that change an object's numbers (the resume key): all but device/threads."""
-        return {"checkpoint": self.checkpoint, "preset": self.preset, "predictions": self.predictions,
-                "max_tokens": self.max_tokens, "input_size": self.input_size, "seed": self.seed}
+        ident = {"checkpoint": self.checkpoint, "preset": self.preset, "predictions": self.predictions,
+                 "max_tokens": self.max_tokens, "input_size": self.input_size, "seed": self.seed}
+        if self.baseline:  # only when set: the keys of existing runs stay as they were
+            ident["baseline"] = self.baseline
+        return ident
 
 
 def build_method(spec: MethodSpec) -> Method:
@@ -162,6 +192,10 @@ def build_method(spec: MethodSpec) -> Method:
         import torch  # heavy: only in the process that runs the method
 
         torch.set_num_threads(int(spec.threads))
+    if spec.baseline:
+        if spec.baseline not in BASELINES:
+            raise BenchError(f"unknown baseline {spec.baseline!r}; choose one of {', '.join(BASELINES)}")
+        return BASELINES[spec.baseline](spec.device)
     if spec.predictions:
         return PredictionsMethod(spec.predictions, spec.device)
     return GeoLRMMethod(spec.checkpoint, spec.preset, spec.device, spec.max_tokens, spec.input_size,
@@ -186,7 +220,7 @@ def load_geolrm(checkpoint: str | None, preset: str | None, seed: int = 0):
         if not path.exists():
             raise BenchError("checkpoint not found", path)
         kind = CheckpointKind.of_checkpoint(path)
-        pretrained = kind is CheckpointKind.PRETRAINED
+        pretrained = kind in (CheckpointKind.PRETRAINED, CheckpointKind.BUNDLED)
         model = GeoLRM.from_pretrained(path) if pretrained else GeoLRM.load_official(path)
         return model.eval(), kind
     from geolrm_bench.model.config import get_config  # (beside GeoLRM above)
@@ -227,6 +261,8 @@ class GeoLRMMethod(Method):
         self.checkpoint = checkpoint
         model, self.checkpoint_kind = load_geolrm(checkpoint, preset, seed)
         self.preset = getattr(model.cfg, "name", "") if checkpoint else (preset or "tiny")
+        if self.checkpoint_kind is CheckpointKind.BUNDLED:
+            self.description = bundled_weights.describe(checkpoint)
         if input_size is not None:
             model.cfg.input_size = int(input_size)
         self.model = model.to(self.device)
@@ -276,15 +312,18 @@ class GeoLRMMethod(Method):
         from geolrm_bench.metrics import prediction_points  # torch/trimesh: only when predicting
         from geolrm_bench.model.rasterize import render_gaussians  # torch: only when predicting
 
+        t0 = time.perf_counter()
         vin = gobjaverse.load_views(object_dir, views=protocol.input_views, background=protocol.background)
-        vt = gobjaverse.load_views(object_dir, views=protocol.test_views, background=protocol.background,
-                                   resolution=protocol.resolution)
+        c2w_t, K_t, _ = gobjaverse.load_cameras(object_dir, protocol.test_views)  # OpenGL, normalised K
+        load_s = time.perf_counter() - t0
         rec = self.reconstruct(vin)
         dev, H = self.device, protocol.resolution
+        t1 = time.perf_counter()
         with torch.no_grad():
-            out = render_gaussians(rec.gaussians.to(dev), vt.c2w_opengl.to(dev), vt.intrinsics.to(dev), H, H,
-                                   background=protocol.background)
+            out = render_gaussians(rec.gaussians.to(dev), torch.from_numpy(c2w_t).to(dev),
+                                   torch.from_numpy(K_t).to(dev), H, H, background=protocol.background)
         rgb = out["rgb"].clamp(0, 1).float().cpu().numpy()
+        raster_s = time.perf_counter() - t1
         try:
             pts = np.asarray(prediction_points(rec.gaussians, method="gaussians", n=protocol.num_gt_points,
                                                seed=protocol.gt_seed), dtype=np.float64)
@@ -293,7 +332,7 @@ class GeoLRMMethod(Method):
             extra = {"warning": f"no prediction points: {one_line(e)}"}
         else:
             extra = {}
-        extra["memory_method"] = rec.cost.memory_method
+        extra.update(memory_method=rec.cost.memory_method, load_s=load_s, raster_s=raster_s)
         return Prediction(images=rgb, points=pts, inference_s=float(rec.cost.seconds),
                           memory_gb=float(rec.cost.peak_memory_bytes) / GIB, num_gaussians=len(rec.gaussians),
                           device=str(rec.cost.device_name), extra=extra)
@@ -376,6 +415,60 @@ class PredictionsMethod(Method):
             return Prediction(images=imgs, points=None, extra={"source": "png"}, **kw)
         missing = [p.name for p in pngs.values() if not p.exists()]
         raise BenchError(f"no 3DGS .ply, mesh, or test-view PNGs (missing {', '.join(missing)})", folder)
+
+
+# --------------------------------------------------------------------------------------------
+# baselines
+# --------------------------------------------------------------------------------------------
+def nearest_view_indices(test_positions: np.ndarray, input_positions: np.ndarray,
+                         centre: np.ndarray | None = None) -> np.ndarray:
+    """For each test camera, the index of the input camera whose direction from ``centre``
+    (default the origin, the normalised object's centre) is closest: largest cosine of the
+    angle between the unit vectors; ties go to the lower index.
+
+    Args:
+        test_positions: [T, 3] camera centres (world; the c2w translation, any axes convention).
+        input_positions: [N, 3] camera centres.
+        centre: [3] the point the directions are taken from.
+    Returns:
+        [T] int64 indices into ``input_positions``.
+    """
+    c = np.zeros(3) if centre is None else np.asarray(centre, np.float64).reshape(3)
+    t = np.asarray(test_positions, np.float64).reshape(-1, 3) - c
+    i = np.asarray(input_positions, np.float64).reshape(-1, 3) - c
+    t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    i = i / np.maximum(np.linalg.norm(i, axis=1, keepdims=True), 1e-12)
+    return np.argmax(t @ i.T, axis=1).astype(np.int64)
+
+
+class NearestViewMethod(Method):
+    """The nearest-input-view baseline: each test view is predicted by the input view (at the
+    protocol's resolution, on its background) whose camera direction from the object centre
+    (the origin of the normalised frame) is closest (:func:`nearest_view_indices`). It knows
+    nothing about 3D: a model that learned something beats it. No geometry (points None)."""
+
+    checkpoint_kind = CheckpointKind.BASELINE
+    name = "nearest-view"
+
+    def __init__(self, device: str = "auto"):
+        self.device = "cpu"  # numpy only; the requested device does not matter
+
+    def predict(self, object_dir: str | Path, protocol: Protocol, name: str = "") -> Prediction:
+        from geolrm_bench import gobjaverse  # torch (ViewBatch): only when predicting
+
+        vin = gobjaverse.load_views(object_dir, views=protocol.input_views, background=protocol.background,
+                                    resolution=protocol.resolution)
+        c2w_t, _, _ = gobjaverse.load_cameras(object_dir, protocol.test_views)
+        pick = nearest_view_indices(np.asarray(c2w_t)[:, :3, 3], vin.c2w_opengl[:, :3, 3].numpy())
+        images = vin.images.float().clamp(0, 1).numpy()[pick]
+        src = [int(protocol.input_views[k]) for k in pick]
+        return Prediction(images=np.ascontiguousarray(images), points=None, inference_s=0.0, memory_gb=0.0,
+                          device="cpu", extra={"source": f"input views {src} for test views "
+                                                         f"{list(protocol.test_views)}"})
+
+
+#: reference methods by name (``MethodSpec.baseline``)
+BASELINES: dict[str, type[Method]] = {"nearest-view": NearestViewMethod}
 
 
 _PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2,

@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from geolrm_bench import pictures
 from geolrm_bench.io import write_json_atomic, write_text_atomic
-from geolrm_bench.methods import CheckpointKind
+from geolrm_bench.methods import CheckpointKind, safe_name
 
 METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips", "chamfer", "fscore", "inference_s", "memory_gb")
 IMAGE_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
@@ -49,7 +50,8 @@ PAPER_DATASET = {"gso": "GSO", "omni": "OmniObject3D"}
 # checkpoint kinds (geolrm_bench.methods.CheckpointKind; plain strings in the files): only the
 # paper's released weights are the paper's model; our own trained weights and random presets are not
 PAPER_CHECKPOINT_KINDS = (CheckpointKind.OFFICIAL,)
-NOT_PAPER_KINDS = (CheckpointKind.RANDOM, CheckpointKind.PRETRAINED)
+NOT_PAPER_KINDS = (CheckpointKind.RANDOM, CheckpointKind.PRETRAINED, CheckpointKind.BUNDLED,
+                   CheckpointKind.BASELINE)
 
 
 def not_paper_model(checkpoint_kind: str, preset: str | None) -> bool:
@@ -76,11 +78,12 @@ def ci95(values: Iterable[float]) -> float:
 
 
 def summarize(per_object: pd.DataFrame, method: str, dataset: str, num_input_views: int,
-              checkpoint_kind: str = "unknown", device: str = "", preset: str | None = None
-              ) -> pd.DataFrame:
+              checkpoint_kind: str = "unknown", device: str = "", preset: str | None = None,
+              role: str = "model") -> pd.DataFrame:
     """One summary row (a 1-row DataFrame) from a per-object table.
 
-    Only rows with ``status == "ok"`` count; each metric's mean and CI95 skip NaN.
+    Only rows with ``status == "ok"`` count; each metric's mean and CI95 skip NaN. ``role``:
+    ``model`` (the evaluated method) or ``baseline`` (a reference row).
     """
     df = per_object
     ok = df[df["status"] == "ok"] if "status" in df.columns else df
@@ -105,6 +108,7 @@ def summarize(per_object: pd.DataFrame, method: str, dataset: str, num_input_vie
     row["paper_model"] = bool(checkpoint_kind in PAPER_CHECKPOINT_KINDS and preset in (None, "", "paper"))
     row["not_paper_model"] = not_paper_model(checkpoint_kind, preset)
     row["device"] = device
+    row["role"] = role
     return pd.DataFrame([row])
 
 
@@ -113,7 +117,9 @@ PER_OBJECT_COLUMNS = ["object", "status", "error", "method", "dataset", "num_inp
                       "lpips", "chamfer", "fscore", "inference_s", "memory_gb", "chamfer_m", "fscore_m",
                       "chamfer_unitbox", "fscore_unitbox",
                       "num_gaussians", "render_s", "reconstruct_s", "metrics_s", "lpips_s", "memory_method",
-                      "device", "warnings"]
+                      "device", "warnings",
+                      # stage breakdown (seconds; see geolrm_bench.scoring.ObjectRecord)
+                      "gt_points_s", "load_s", "raster_s", "image_metrics_s", "geometry_s", "picture_s"]
 #: columns of ``per_view.csv``
 PER_VIEW_COLUMNS = ["object", "method", "dataset", "num_input_views", "view", "psnr", "ssim", "lpips"]
 
@@ -167,13 +173,29 @@ def _fmt(v: float, digits: int) -> str:
 DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3, "chamfer": 3, "fscore": 3, "inference_s": 2, "memory_gb": 2}
 
 
+def model_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The evaluated model's rows of a summary (not the baselines' reference rows)."""
+    return summary[summary["role"] != "baseline"] if "role" in summary.columns else summary
+
+
 def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], config: dict,
                      paper: pd.DataFrame | None = None, paper_note: str = "",
-                     warnings: Sequence[str] = ()) -> str:
-    """The text of ``summary.md``: a warning first when the weights are not the paper's, then
-    mean ± CI95 per metric, the paper's rows beside ours, the protocol and the view indices."""
+                     warnings: Sequence[str] = (), pictures: Sequence[tuple[str, str]] = ()) -> str:
+    """The text of ``summary.md``: what the model is first (the bundled model's one-sentence
+    description, or a warning when the weights are not the paper's), then mean ± CI95 per
+    metric with the baselines' rows, the paper's rows beside ours, the protocol and the view
+    indices, and links to the qualitative pictures (``pictures``: ``(object, relative path)``)."""
     lines: list[str] = []
-    flagged = summary[summary["not_paper_model"].astype(bool)] if "not_paper_model" in summary else summary
+    models = model_rows(summary)
+    flagged = models[models["not_paper_model"].astype(bool)] if "not_paper_model" in models else models
+    bundled = flagged[flagged["checkpoint_kind"].astype(str) == str(CheckpointKind.BUNDLED)] \
+        if "checkpoint_kind" in flagged else flagged.iloc[:0]
+    if len(bundled):
+        desc = config.get("model_description") or "Bundled GeoLRM; not the paper's model"
+        lines.append(f"> **{desc}.** The toolkit's own small model, trained here: compare it with the "
+                     "baseline rows, not with the paper's numbers.")
+        lines.append("")
+        flagged = flagged.iloc[:0]
     if len(flagged):
         kinds = sorted({f"{r['checkpoint_kind']}" + (f" preset {r['preset']}" if r.get("preset") else "")
                         for _, r in flagged.iterrows()})
@@ -225,10 +247,21 @@ def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], confi
                          f"{_fmt(r['chamfer_unitbox_ci95'], 4)}, "
                          f"fscore_unitbox {_fmt(r['fscore_unitbox'], 3)} ± "
                          f"{_fmt(r['fscore_unitbox_ci95'], 3)}.")
+    if "role" in summary.columns and (summary["role"] == "baseline").any():
+        lines.append("Baseline rows, on the same objects and views: `random weights` = the same preset with "
+                     "random (seeded) weights; `nearest input view` = each test view predicted by the input "
+                     "view whose camera direction from the object centre is closest (no geometry). A model "
+                     "that learned something beats both, with non-overlapping intervals.")
     if paper_note:
         lines += ["", f"Note: {paper_note}."]
     if warnings:
         lines += ["", "Warnings:"] + [f"- {w}" for w in warnings]
+    if pictures:
+        lines += ["", "## Pictures", "",
+                  "Per object: input views | ground-truth test views | predicted test views | absolute "
+                  "error (rows, top to bottom). All objects: [overview.png](overview.png).", "",
+                  "![overview](overview.png)", "",
+                  " · ".join(f"[{name}]({rel})" for name, rel in pictures)]
     lines += ["", "## Protocol", ""] + [f"- {p}" for p in protocol_lines]
     return "\n".join(lines) + "\n"
 
@@ -286,16 +319,19 @@ def plot_sweep(summary: pd.DataFrame, out_dir: str | Path, paper: pd.DataFrame |
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    s = summary.sort_values("num_input_views")
+    everything = summary.sort_values("num_input_views")
+    s = model_rows(everything)  # the time/memory plot is the model's alone
     written = []
-    ours_label = ", ".join(sorted(set(s["method"].astype(str))))
     pg = None
     if paper is not None and len(paper):
         pg = paper[paper["method"] == "GeoLRM"].sort_values("num_input_views")
     for metric, ylabel in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.errorbar(s["num_input_views"], s[metric], yerr=s[f"{metric}_ci95"].fillna(0), marker="o",
-                    capsize=3, label=f"ours: {ours_label}")
+        for k, (method, g) in enumerate(everything.groupby("method", sort=False)):
+            base = str(g["role"].iloc[0]) == "baseline" if "role" in g else False
+            ax.errorbar(g["num_input_views"], g[metric], yerr=g[f"{metric}_ci95"].fillna(0),
+                        marker="o" if not base else ".", linestyle="-" if not base else ":", capsize=3,
+                        color=f"C{k}", label=str(method) if base else f"ours: {method}")
         if pg is not None and pg[metric].notna().any():
             ax.plot(pg["num_input_views"], pg[metric], "s--", color="grey", label="paper GeoLRM")
         ax.set_xlabel("input views N")
@@ -347,37 +383,53 @@ def write_csv_atomic(df: pd.DataFrame, path: str | Path) -> Path:
 
 def write_report(run_dir: str | Path, per_view: pd.DataFrame, per_object: pd.DataFrame,
                  summary: pd.DataFrame, config: dict, protocol_lines: Sequence[str],
-                 dataset: str, warnings: Sequence[str] = ()) -> dict[str, Path]:
+                 dataset: str, warnings: Sequence[str] = (),
+                 pictures: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
     """Write per_view.csv, per_object.csv, summary.csv, summary.md and config.json (last)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    n = int(summary["num_input_views"].iloc[0]) if len(summary) == 1 else None
+    n = int(summary["num_input_views"].iloc[0]) if summary["num_input_views"].nunique() == 1 else None
     paper, note = paper_rows(dataset, n)
     paths = {
         "per_view": write_csv_atomic(per_view, run_dir / "per_view.csv"),
         "per_object": write_csv_atomic(per_object, run_dir / "per_object.csv"),
         "summary": write_csv_atomic(summary, run_dir / "summary.csv"),
     }
-    md = summary_markdown(summary, protocol_lines, config, paper, note, warnings)
+    md = summary_markdown(summary, protocol_lines, config, paper, note, warnings, pictures)
     paths["summary_md"] = write_text_atomic(run_dir / "summary.md", md)
     paths["config"] = write_json_atomic(run_dir / "config.json", config)
     return paths
 
 
 def write_eval_report(cfg, protocol, run_dir: str | Path, names: list[str], records: list[dict], info: dict,
-                      root: str) -> tuple[pd.DataFrame, int]:
+                      root: str, baselines: Sequence[dict] = ()) -> tuple[pd.DataFrame, int]:
     """Tables, summary, provenance (``config.json``) and report files of one evaluation run.
 
     ``cfg``: the run's :class:`geolrm_bench.evaluation.EvalConfig`; ``protocol`` its
     :class:`geolrm_bench.protocol.Protocol`; ``records`` the per-object records of ``names``
     found so far; ``info`` the model description (checkpoint kind, preset, weights hash,
-    device). Returns the one-row summary and the number of failed objects.
+    device, ``model_description``). ``baselines``: per reference method a dict ``method`` (its
+    row's name), ``records``, ``checkpoint_kind``, ``preset``, ``dir`` (its folder, which gets
+    its own ``per_object.csv``); their rows follow the model's in ``summary.csv`` with
+    ``role`` = baseline. The qualitative pictures found under ``<run>/pictures/`` are put
+    together into ``overview.png`` and linked from ``summary.md``. Returns the summary (the
+    model's row first) and the number of failed objects of the model.
     """
     per_view, per_object = eval_tables(records)
     summary = summarize(per_object, cfg.method_name(), cfg.dataset_name(), protocol.num_input_views,
                         checkpoint_kind=info.get("checkpoint_kind") or "unknown",
                         device=info.get("device_name") or info.get("device") or "",
                         preset=info.get("preset") or None)
+    rows = [summary]
+    for b in baselines:
+        _, b_objects = eval_tables(b["records"])
+        write_csv_atomic(b_objects, Path(b["dir"]) / "per_object.csv")
+        rows.append(summarize(b_objects, b["method"], cfg.dataset_name(), protocol.num_input_views,
+                              checkpoint_kind=b.get("checkpoint_kind") or "unknown",
+                              device=info.get("device_name") or info.get("device") or "",
+                              preset=b.get("preset") or None, role="baseline"))
+    summary = pd.concat(rows, ignore_index=True)
+    picture_links = write_overview(run_dir, names, protocol) if getattr(cfg, "pictures", False) else []
     warnings = []
     if len(records) < len(names):
         warnings.append(f"{len(names) - len(records)} selected objects have no record yet")
@@ -390,9 +442,28 @@ def write_eval_report(cfg, protocol, run_dir: str | Path, names: list[str], reco
         checkpoint=cfg.checkpoint, preset=info.get("preset") or cfg.preset, predictions=cfg.predictions,
         checkpoint_kind=info.get("checkpoint_kind"), checkpoint_sha256=info.get("checkpoint_sha256"),
         not_paper_model=bool(summary["not_paper_model"].iloc[0]), device=info.get("device"),
+        model_description=info.get("model_description") or "",
+        baselines=[b["method"] for b in baselines],
         device_name=info.get("device_name"), max_tokens=cfg.max_tokens, input_size=cfg.input_size,
         lpips_net=cfg.lpips_net, objects=names, protocol=protocol.to_dict(),
         input_views=protocol.input_views, test_views=protocol.test_views, eval_config=asdict(cfg))
     write_report(run_dir, per_view, per_object, summary, config, protocol.describe(cfg.lpips_net),
-                 cfg.dataset_name(), warnings)
+                 cfg.dataset_name(), warnings, picture_links)
     return summary, nfail
+
+
+def picture_path(run_dir: str | Path, name: str) -> Path:
+    """``<run>/pictures/<safe object name>.png``: an object's qualitative grid."""
+    return Path(run_dir) / "pictures" / f"{safe_name(name)}.png"
+
+
+def write_overview(run_dir: str | Path, names: Sequence[str], protocol) -> list[tuple[str, str]]:
+    """``<run>/overview.png`` from the objects' grids that exist (one row per object, in
+    ``names`` order); returns ``(object, relative path)`` of each grid for the links."""
+    run_dir = Path(run_dir)
+    found = [(n, picture_path(run_dir, n)) for n in names if picture_path(run_dir, n).exists()]
+    if not found:
+        return []
+    pictures.overview_from_grids(found, protocol.num_input_views, len(protocol.test_views),
+                                 run_dir / "overview.png", tile=min(pictures.TILE, protocol.resolution))
+    return [(n, str(p.relative_to(run_dir))) for n, p in found]

@@ -115,6 +115,14 @@ class ObjectRecord:
     memory_method: str | None = None
     lpips_s: float | None = None
     metrics_s: float | None = None  # PSNR / SSIM / geometry + LPIPS
+    # stage breakdown (seconds): GT surface points (part of render_s), loading the views, test-view
+    # rasterization (both part of reconstruct_s), PSNR+SSIM, geometry, the qualitative picture
+    gt_points_s: float | None = None
+    load_s: float | None = None
+    raster_s: float | None = None
+    image_metrics_s: float | None = None
+    geometry_s: float | None = None
+    picture_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written: every field that is not None, in field order."""

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from geolrm_bench import reports
 from geolrm_bench.errors import BenchError, one_line
-from geolrm_bench.eval_config import EvalConfig, method_spec, run_key
+from geolrm_bench.eval_config import BASELINE_NAMES, EvalConfig, baseline_specs, method_spec, run_key
 from geolrm_bench.evaluation import (
     Evaluator,
     ObjectSource,
@@ -43,6 +43,7 @@ from geolrm_bench.evaluation import (
 )
 from geolrm_bench.io import ensure_output_root, read_json, sha256_file, write_json_atomic, write_text_atomic
 from geolrm_bench.methods import CheckpointKind
+from geolrm_bench.model import weights as bundled_weights
 from geolrm_bench.pipelines.cluster import init_ray
 from geolrm_bench.protocol import Protocol, input_view_ids
 from geolrm_bench.protocol import select_objects as _select
@@ -62,15 +63,20 @@ class RunResult:
 
 
 def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None,
-             log: Callable[[str], None] | None = None) -> RunResult:
+             log: Callable[[str], None] | None = None, baseline_evaluators: dict | None = None) -> RunResult:
     """Run (or resume) one evaluation and write its report. ``evaluator`` reuses a built
-    model in local mode (the sweep and benchmark pass one)."""
+    model in local mode (the sweep and benchmark pass one); ``baseline_evaluators`` the
+    baselines' (:func:`run_baselines`).
+
+    The model: ``cfg.checkpoint`` / ``cfg.preset`` / ``cfg.predictions``, or by default the
+    bundled model (:meth:`EvalConfig.with_default_model`). With ``cfg.baselines`` the report
+    also carries the reference rows (:func:`run_baselines`); with ``cfg.pictures`` each object
+    gets ``pictures/<object>.png`` and the run ``overview.png``."""
     log = log or (lambda s: None if cfg.quiet else print(s, flush=True))
-    if cfg.predictions is None and not cfg.checkpoint and not cfg.preset:
-        raise BenchError("give --checkpoint CKPT, --preset NAME or --predictions DIR")
     if cfg.predictions and (cfg.checkpoint or cfg.preset):
         raise BenchError("--predictions evaluates another method's outputs: do not combine with "
                          "--checkpoint/--preset")
+    cfg = cfg.with_default_model()  # no --checkpoint/--preset/--predictions: the bundled model
     protocol, run_dir = cfg.protocol(), cfg.run_dir()
     check_outputs(cfg, run_dir)  # before any work: a bad --out / --renders is one line, exit 2
     sources, root = resolve_sources(cfg.dataset, cfg.root)
@@ -97,13 +103,15 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None,
             tqdm.write(f"  {rec.object}: failed: {rec.error}")
 
     info: dict = {}
+    ev = None
     if todo and (cfg.local or evaluator is not None):
         ev = evaluator or Evaluator(method_spec(cfg), cfg.lpips_net)
         info = ev.info()
         for s in todo:
             prep = prepare_object(s, str(renders_root), str(gt_root), protocol)
             out = ev.predict(prep, protocol)
-            _done(score_object(prep, out, protocol, str(record_path(run_dir, s.name)), meta))
+            _done(score_object(prep, out, protocol, str(record_path(run_dir, s.name)), meta,
+                               _picture(cfg, run_dir, s.name)))
     elif todo:
         if cfg.checkpoint:  # a bad checkpoint is one line naming the file, not a dead actor
             from geolrm_bench.model.checkpoint import validate_checkpoint  # heavy (torch): only here
@@ -111,8 +119,50 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None,
             validate_checkpoint(cfg.checkpoint)
         info = _run_ray(cfg, todo, protocol, renders_root, gt_root, run_dir, meta, _done)
     bar.close()
-    return write_run_report(cfg, protocol, run_dir, [s.name for s in sources],
-                            info or _previous_info(run_dir) or _describe_without_model(cfg), root)
+    info = info or _previous_info(run_dir) or _describe_without_model(cfg)
+    baselines = []
+    if cfg.baselines:
+        baselines = run_baselines(cfg, protocol, sources, renders_root, gt_root, run_dir, info,
+                                  lpips=getattr(ev, "lpips", None), cache=baseline_evaluators)
+    return write_run_report(cfg, protocol, run_dir, [s.name for s in sources], info, root, baselines)
+
+
+def _picture(cfg: EvalConfig, run_dir: Path, name: str) -> str | None:
+    return str(reports.picture_path(run_dir, name)) if cfg.pictures else None
+
+
+def run_baselines(cfg: EvalConfig, protocol: Protocol, sources: list[ObjectSource], renders_root: Path,
+                  gt_root: Path, run_dir: Path, info: dict, lpips: Any = None,
+                  cache: dict | None = None) -> list[dict]:
+    """The reference rows of the run (:func:`geolrm_bench.eval_config.baseline_specs`) on the
+    same objects, views and caches, in this process (both are cheap next to the model: the
+    nearest input view is image copying, the random weights are the model's own preset).
+    Each is resumable like the run: ``<run>/baselines/<name>/objects/<object>.json``.
+    ``lpips``: the model's LPIPS network to share; ``cache``: evaluators by baseline name,
+    reused across calls (the sweep passes one). Returns what
+    :func:`geolrm_bench.reports.write_eval_report` takes as ``baselines``."""
+    cache = {} if cache is None else cache
+    out = []
+    for name, spec in baseline_specs(cfg, info.get("preset") or None).items():
+        bdir = run_dir / "baselines" / name
+        (bdir / "objects").mkdir(parents=True, exist_ok=True)
+        key = run_key(cfg, protocol, spec)
+        label = BASELINE_NAMES[name] + (f" ({spec.preset})" if spec.preset else "")
+        meta = {"method": label, "dataset": cfg.dataset_name(), "run_key": key}
+        todo = [s for s in sources if not finished(record_path(bdir, s.name), key)]
+        ev = None
+        for s in tqdm(todo, desc=f"baseline {name}", unit="obj", disable=cfg.quiet or not todo):
+            if ev is None:
+                ev = cache.get(name)
+                if ev is None or ev.spec != spec:
+                    ev = cache[name] = Evaluator(spec, cfg.lpips_net, lpips=lpips)
+                lpips = ev.lpips
+            prep = prepare_object(s, str(renders_root), str(gt_root), protocol)
+            score_object(prep, ev.predict(prep, protocol), protocol, str(record_path(bdir, s.name)), meta)
+        kind = CheckpointKind.RANDOM if spec.preset else CheckpointKind.BASELINE
+        out.append({"method": label, "records": load_records(bdir, [s.name for s in sources]),
+                    "checkpoint_kind": str(kind), "preset": spec.preset or "", "dir": str(bdir)})
+    return out
 
 
 def check_outputs(cfg: EvalConfig, run_dir: Path) -> None:
@@ -167,7 +217,8 @@ def _run_ray(cfg: EvalConfig, todo: list[ObjectSource], protocol: Protocol, rend
         for s in todo:
             prep = prep_task.remote(s, str(renders_root), str(gt_root), protocol)
             pred = actor.predict.remote(prep, protocol)
-            by_ref[score_task.remote(prep, pred, protocol, str(record_path(run_dir, s.name)), meta)] = s
+            by_ref[score_task.remote(prep, pred, protocol, str(record_path(run_dir, s.name)), meta,
+                                     _picture(cfg, run_dir, s.name))] = s
         pending = list(by_ref)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
@@ -192,8 +243,8 @@ def _previous_info(run_dir: Path) -> dict:
         c = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     except BenchError:
         c = {}
-    return {k: c.get(k) for k in ("checkpoint_kind", "preset", "checkpoint_sha256", "device", "device_name")
-            } if c else {}
+    return {k: c.get(k) for k in ("checkpoint_kind", "preset", "checkpoint_sha256", "device", "device_name",
+                                  "model_description")} if c else {}
 
 
 def _describe_without_model(cfg: EvalConfig) -> dict:
@@ -203,15 +254,19 @@ def _describe_without_model(cfg: EvalConfig) -> dict:
     elif cfg.checkpoint:
         kind, preset = CheckpointKind.of_checkpoint(cfg.checkpoint), ""
         sha = sha256_file(cfg.checkpoint) if Path(cfg.checkpoint).is_file() else ""
+        if kind is CheckpointKind.BUNDLED:
+            preset = bundled_weights.read_provenance(cfg.checkpoint).get("preset") or ""
+    desc = bundled_weights.describe(cfg.checkpoint) if kind is CheckpointKind.BUNDLED else ""
     return {"checkpoint_kind": str(kind), "preset": preset, "checkpoint_sha256": sha, "device": cfg.device,
-            "device_name": ""}
+            "device_name": "", "model_description": desc}
 
 
 def write_run_report(cfg: EvalConfig, protocol: Protocol, run_dir: Path, names: list[str], info: dict,
-                     root: str) -> RunResult:
+                     root: str, baselines: list[dict] | None = None) -> RunResult:
     """Load the records of ``names`` and write the run's report (``reports.write_eval_report``)."""
     records = load_records(run_dir, names)
-    summary, nfail = reports.write_eval_report(cfg, protocol, run_dir, names, records, info, root)
+    summary, nfail = reports.write_eval_report(cfg, protocol, run_dir, names, records, info, root,
+                                               baselines or [])
     return RunResult(run_dir=run_dir, summary=summary, records=records, failed=nfail)
 
 
@@ -222,13 +277,17 @@ def run_sweep(cfg: EvalConfig, views: tuple[int, ...] = (4, 8, 12, 16, 20),
     Layout: ``<sweep>/renders``, ``<sweep>/gt``, ``<sweep>/n<N>/`` (each a full eval run), and
     ``<sweep>/summary.csv`` / ``summary.md`` / the three plots.
     """
+    if cfg.predictions and (cfg.checkpoint or cfg.preset):
+        raise BenchError("--predictions evaluates another method's outputs: do not combine with "
+                         "--checkpoint/--preset")
+    cfg = cfg.with_default_model()  # no --checkpoint/--preset/--predictions: the bundled model
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.method_name())
     sweep_name = cfg.run or f"sweep-{cfg.dataset_name()}-{safe}"
     sweep_dir = Path(cfg.out) if cfg.out else Path("reports") / sweep_name
     ensure_output_root(sweep_dir, markers=RUN_MARKERS, kind="sweep")  # before any work
     shared = {"renders": cfg.renders or str(sweep_dir / "renders"),
               "gt_cache": cfg.gt_cache or str(sweep_dir / "gt")}
-    evaluator, ray, started = None, None, False
+    evaluator, ray, started, baseline_evaluators = None, None, False, {}
     if cfg.local:
         evaluator = Evaluator(method_spec(cfg), cfg.lpips_net)
     else:  # one Ray session for all N (each N still builds its own model actor)
@@ -238,7 +297,8 @@ def run_sweep(cfg: EvalConfig, views: tuple[int, ...] = (4, 8, 12, 16, 20),
         for n in views:
             sub = EvalConfig(**{**asdict(cfg), "num_input_views": int(n), "input_views": None,
                                 "out": str(sweep_dir / f"n{n}"), "run": f"{sweep_name}-n{n}", **shared})
-            results.append(run_eval(sub, evaluator=evaluator, log=log))
+            results.append(run_eval(sub, evaluator=evaluator, log=log,
+                                    baseline_evaluators=baseline_evaluators))
     finally:
         if started:
             ray.shutdown()

@@ -63,7 +63,12 @@ def _print_summary(summary) -> None:
     cols = ["method", "dataset", "num_input_views", "num_objects", "psnr", "ssim", "lpips", "chamfer",
             "fscore", "inference_s", "memory_gb"]
     print(tabulate(summary[cols], headers="keys", showindex=False, floatfmt=".4g"))
-    if bool(summary["not_paper_model"].any()):
+    models = summary[summary["role"] != "baseline"] if "role" in summary.columns else summary
+    kinds = set(models["checkpoint_kind"].astype(str)) if "checkpoint_kind" in models.columns else set()
+    if kinds == {"bundled"}:
+        print("NOTE: the bundled model (trained here, tiny preset): not the paper's model; "
+              "compare it with the baseline rows.")
+    elif bool(models["not_paper_model"].any()):
         print("NOTE: random weights or a non-paper preset: not the paper's model.")
 
 

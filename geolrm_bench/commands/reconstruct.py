@@ -2,7 +2,9 @@
 
 Reads the input views (default the 4 orbit views 0, 6, 12, 18, composited on white), runs the
 model (an official ``geolrm.ckpt`` via :func:`geolrm_bench.model.checkpoint.load_official`, a
-folder written by ``save_pretrained`` via ``from_pretrained``, or a preset with RANDOM weights),
+folder written by ``save_pretrained`` via ``from_pretrained``, or a preset with RANDOM weights;
+by default, without ``--checkpoint``/``--preset``, the bundled model
+:data:`geolrm_bench.model.weights.BUNDLED`),
 and writes into
 ``--out`` (default ``out/reconstruct/<object folder name>``), atomically as one folder:
 
@@ -32,7 +34,7 @@ from geolrm_bench import gobjaverse
 from geolrm_bench.errors import BenchError
 from geolrm_bench.gobjaverse import view_name, view_paths, write_png_rgba
 from geolrm_bench.io import atomic_dir, check_replaceable, write_json_atomic
-from geolrm_bench.methods import CheckpointKind, GeoLRMMethod, load_geolrm
+from geolrm_bench.methods import CheckpointKind, GeoLRMMethod, load_geolrm, resolve_model_source
 from geolrm_bench.model.config import PRESETS
 from geolrm_bench.protocol import parse_view_ids
 
@@ -47,8 +49,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("object_dir", metavar="OBJECT_DIR", help="folder holding 00000/ .. 00039/")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="official GeoLRM .ckpt, or a folder written by save_pretrained")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="official GeoLRM .ckpt, or a folder written by save_pretrained "
+                                          "(default, without --preset: the bundled model "
+                                          "model/weights/tiny-zeroverse)")
     src.add_argument("--preset", choices=list(PRESETS),
                      help="model preset with RANDOM weights (pipeline checks only)")
     p.add_argument("--input-views", default=DEFAULT_INPUT_VIEWS,
@@ -74,8 +78,7 @@ def load_model(checkpoint: str | None, preset: str | None, seed: int = 0) -> tup
     """GeoLRM (eval mode, CPU) and the description of its source written into ``metadata.json``
     (``kind`` and the resolved checkpoint path, or the preset); the loading is
     :func:`geolrm_bench.methods.load_geolrm`, as in ``eval``."""
-    if not checkpoint and preset is None:
-        raise BenchError("give --checkpoint or --preset")
+    checkpoint, preset = resolve_model_source(checkpoint, preset)  # default: the bundled model
     model, kind = load_geolrm(checkpoint, preset, seed)
     return model, _source(checkpoint, preset, kind)
 
@@ -132,6 +135,7 @@ def run(args) -> int:
     object_dir = Path(args.object_dir)
     if not object_dir.is_dir():
         raise BenchError("object folder not found", object_dir)
+    checkpoint, preset = resolve_model_source(args.checkpoint, args.preset)  # default: the bundled model
     input_views = parse_view_ids(args.input_views, "--input-views")
     if args.render_views is not None:
         render_views = parse_view_ids(args.render_views, "--render-views")
@@ -141,13 +145,14 @@ def run(args) -> int:
             raise BenchError("no view folders (00000/00000.json ...) found", object_dir)
     out = Path(args.out) if args.out else Path("out") / "reconstruct" / object_dir.resolve().name
     check_reconstruct_out(out, object_dir, args.overwrite)  # before any work
-    if not args.checkpoint and not args.preset:
-        raise BenchError("give --checkpoint or --preset")
-    method = GeoLRMMethod(args.checkpoint, args.preset, args.device, args.max_tokens, args.input_size,
-                          args.seed)
+    method = GeoLRMMethod(checkpoint, preset, args.device, args.max_tokens, args.input_size, args.seed)
     if method.checkpoint_kind is CheckpointKind.RANDOM:
-        print(f"warning: preset {args.preset!r} has RANDOM weights: outputs only check the pipeline")
-    source = _source(args.checkpoint, args.preset, method.checkpoint_kind)
+        print(f"warning: preset {preset!r} has RANDOM weights: outputs only check the pipeline")
+    elif method.description:
+        print(f"model: {method.description}")
+    source = _source(checkpoint, preset, method.checkpoint_kind)
+    if method.description:
+        source["description"] = method.description
     model, device = method.model, method.device
 
     res = method.reconstruct(gobjaverse.load_views(object_dir, views=input_views, background=(1.0, 1.0, 1.0)))
