@@ -113,7 +113,7 @@ def test_reconstruct_from_saved_folder_matches_preset_and_respects_token_cap(box
         torch.testing.assert_close(a.as_dict()[k], b.as_dict()[k])
 
 
-def test_reconstruct_user_errors_are_one_line(box_object, tmp_path, capsys):
+def test_reconstruct_user_errors_are_one_line(box_object, tmp_path, capsys, monkeypatch):
     assert _run([str(tmp_path / "missing"), "--preset", "tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert "missing" in err and "not found" in err and "\n" not in err
@@ -121,13 +121,22 @@ def test_reconstruct_user_errors_are_one_line(box_object, tmp_path, capsys):
     assert "--input-views" in capsys.readouterr().err
     assert _run([str(box_object), "--checkpoint", str(tmp_path / "nope.ckpt")]) == 2
     assert "nope.ckpt" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # argparse: exactly one of --checkpoint / --preset
-        _run([str(box_object)])
+    with pytest.raises(SystemExit):  # argparse: at most one of --checkpoint / --preset
+        _run([str(box_object), "--preset", "tiny", "--checkpoint", "x.ckpt"])
     capsys.readouterr()
+    # neither: the bundled model; when it is missing, one line saying how to get a model (issue 12)
+    from geolrm_bench.model import weights
+
+    monkeypatch.setattr(weights, "BUNDLED", tmp_path / "no-bundled-model")
+    assert _run([str(box_object), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no bundled model" in err and "make train-bundled" in err and "\n" not in err
 
 
-def test_load_model_needs_a_source():
+def test_load_model_needs_a_source(tmp_path, monkeypatch):
     from geolrm_bench.commands.reconstruct import load_model
+    from geolrm_bench.model import weights
 
-    with pytest.raises(BenchError, match="--checkpoint or --preset"):
+    monkeypatch.setattr(weights, "BUNDLED", tmp_path / "no-bundled-model")
+    with pytest.raises(BenchError, match="--checkpoint CKPT, or --preset tiny"):
         load_model(None, None)
