@@ -227,6 +227,9 @@ def test_sweep_views_two_n(renders, tmp_path):
                 "--resolution", str(RES), "--max-tokens", "128", "--limit", "1", "--out", str(out),
                 "--local", "--quiet"]) == 0
     s = pd.read_csv(out / "summary.csv")
+    # per N the model's row, then the reference row (random weights are the model here: nearest view only)
+    assert list(s["method"]) == ["GeoLRM-tiny", "baseline: nearest input view"] * 2
+    s = s[s["role"] == "model"]
     assert list(s["num_input_views"]) == [4, 8]
     for n in (4, 8):
         c = json.loads((out / f"n{n}" / "config.json").read_text())
