@@ -462,7 +462,7 @@ class NearestViewMethod(Method):
         pick = nearest_view_indices(np.asarray(c2w_t)[:, :3, 3], vin.c2w_opengl[:, :3, 3].numpy())
         images = vin.images.float().clamp(0, 1).numpy()[pick]
         src = [int(protocol.input_views[k]) for k in pick]
-        return Prediction(images=np.ascontiguousarray(images), points=None, inference_s=0.0, memory_gb=0.0,
+        return Prediction(images=np.ascontiguousarray(images), points=None,  # no reconstruction: no cost
                           device="cpu", extra={"source": f"input views {src} for test views "
                                                          f"{list(protocol.test_views)}"})
 
