@@ -99,12 +99,14 @@ train: setup
 # as ONE Ray Tune experiment (trials in parallel where resources allow), each evaluated on the held-out
 # sample set; report in reports/ablations/<run>/. Training data: the bundled model's 300 procedural
 # objects (256 px, 128^3 occupancy; built here when missing). Rerunning the same command resumes
-# (finished trials are not retrained). About 1.5 h on 2 CPU cores with these defaults (measured
-# step times: stage 1 ~0.45 s, stage 2 ~1.4 s, ~4 s per evaluated object and N at 128 px).
+# (finished trials are not retrained). 9 trials (points_4 = full on tiny), 5 stage-1 runs, 15
+# evaluations of 10 objects: about 1.75 h on 2 CPU cores shared with other work (load ~6; measured:
+# stage 1 0.49 s/update, stage 2 1.85 s/update, ~14 s per evaluated object and N at 128 px, ~45 s
+# start-up per training run; one `full` trial at 300/200 updates took 19 min). Less when idle.
 # ABLATE_ARGS e.g. "--address auto --use-gpu --cpus-per-trial 4".
 ABLATE_DATA ?= $(DATA_DIR)/synth-gt
 ABLATE_TABLE ?= all
-ABLATE_STEPS ?= 200
+ABLATE_STEPS ?= 160
 ABLATE_STEPS1 ?= 300
 ABLATE_SEEDS ?= 1
 ABLATE_LIMIT ?= 10
