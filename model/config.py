@@ -74,6 +74,7 @@ class ModelConfig:
     grid_res: int = 128  # occupancy grid resolution R (logits are [B, R, R, R])
     token_res: int = 16  # proposal tokens per axis (dense token_res^3 grid); grid_res % token_res == 0
     max_tokens: int = 8192  # reconstruction token cap (official default at inference; 4096 in training)
+    min_tokens: int = 64  # paper maths: fewer occupied voxels than this -> the top-min_tokens logits
     gs_per_token: int = 32  # Gaussians decoded from each reconstruction token
     decoder_hidden: int = 448  # hidden width of the Gaussian decoder MLP (official: 448)
     offset_max: float = 0.2  # centre = anchor + sigmoid(raw) * offset_max (world units, > 0)

@@ -43,6 +43,20 @@ class Anchors:
     mask: Tensor  # [B, N]
 
 
+def occupied_or_top(logits: Tensor, min_tokens: int) -> Tensor:  # [R, R, R] logits -> [R, R, R] bool
+    """Occupied voxels (logit > 0) of one object; when fewer than ``min_tokens`` are occupied, its
+    ``min_tokens`` highest logits instead. An empty proposal (a weak or briefly trained proposal
+    network on an unusual object) cannot be reconstructed in paper maths; the official code pads
+    with zero-xyz tokens there instead (compat). Used alike in training and at inference."""
+    occ = logits > 0
+    if int(occ.sum()) >= min_tokens:
+        return occ
+    k = min(int(min_tokens), logits.numel())
+    flat = torch.zeros(logits.numel(), dtype=torch.bool, device=logits.device)
+    flat[logits.reshape(-1).topk(k).indices] = True
+    return flat.view_as(logits)
+
+
 def voxel_index(xyz: Tensor, res: int) -> Tensor:  # [..., 3] -> [..., 3] long
     """Nearest voxel index of world points for voxel CENTRES ``(X + 0.5)/R - 0.5``, clamped."""
     return torch.round((xyz.float() + 0.5) * res - 0.5).long().clamp(0, res - 1)
@@ -208,8 +222,13 @@ class GeoLRM(nn.Module):
         max_tokens: int | None = None,
         generator: torch.Generator | None = None,
         perm: Tensor | list[Tensor] | None = None,
+        min_tokens: int | None = None,
     ) -> Anchors:
         """Occupied voxels -> reconstruction tokens (C order, X slowest).
+
+        Paper maths with float logits: an object with fewer than ``min_tokens`` (default
+        ``cfg.min_tokens``) occupied voxels takes its top-``min_tokens`` logits
+        (:func:`occupied_or_top`); a bool mask with no voxel is an error.
 
         Paper maths: voxel centres ``(X + 0.5)/R - 0.5``; above the cap a random subset drawn from
         ``generator`` (default: seeded 0) is kept, re-sorted into C order; no padding (a batch is
@@ -220,7 +239,14 @@ class GeoLRM(nn.Module):
         """
         cap = self.cfg.max_tokens if max_tokens is None else int(max_tokens)
         r = self.cfg.grid_res
-        occ = occupancy if occupancy.dtype == torch.bool else occupancy > 0
+        if occupancy.dtype == torch.bool:
+            occ = occupancy
+        elif self.cfg.compat:
+            occ = occupancy > 0
+        else:
+            k = self.cfg.min_tokens if min_tokens is None else int(min_tokens)
+            occ = torch.stack([occupied_or_top(o, k) for o in occupancy]) if occupancy.dim() == 4 \
+                else occupancy > 0
         if occ.dim() != 4 or tuple(occ.shape[1:]) != (r, r, r):
             raise BenchError(f"occupancy must be [B, {r}, {r}, {r}], got {tuple(occ.shape)}")
         if generator is None and not self.cfg.compat:
@@ -277,6 +303,7 @@ class GeoLRM(nn.Module):
         resize: bool = True,
         intermediates: dict | None = None,
         reference: bool = False,
+        min_tokens: int | None = None,
     ) -> Gaussians:  # fields [B, N * gs_per_token, ...]
         """Gaussians for each batch item (proposes anchors first when ``anchors`` is None).
 
@@ -289,7 +316,7 @@ class GeoLRM(nn.Module):
         c2w, K = c2w.float(), K.float()
         if anchors is None:
             logits = self.serializer(images, c2w, K, intermediates, reference=reference)
-            anchors = self.anchors_from_occupancy(logits.float(), max_tokens, generator, perm)
+            anchors = self.anchors_from_occupancy(logits.float(), max_tokens, generator, perm, min_tokens)
         elif isinstance(anchors, Tensor):
             anchors = self.anchors_from_xyz(anchors)
         latents = self.lrm_generator.forward_latents(anchors, images, c2w, K, intermediates, reference)

@@ -281,6 +281,23 @@ def test_resize_and_input_errors(tiny):
         tiny.anchors_from_occupancy(torch.zeros(1, r, r, r, dtype=torch.bool))
 
 
+def test_empty_proposal_takes_the_top_logits(tiny):
+    """Paper maths: fewer than min_tokens occupied voxels -> the min_tokens highest logits (not an error)."""
+    r = tiny.cfg.grid_res
+    logits = -torch.rand(1, r, r, r) - 1  # nothing occupied
+    top = [(1, 2, 3), (4, 5, 6), (7, 8, 9)]
+    for i, (x, y, z) in enumerate(top):
+        logits[0, x, y, z] = -0.1 * (i + 1)  # the three highest, all still <= 0
+    anchors = tiny.anchors_from_occupancy(logits, min_tokens=3)
+    assert sorted(map(tuple, anchors.index[0].tolist())) == top  # C order, the three voxels
+    logits[0, 0, 0, 0] = 5.0  # one occupied voxel: still fewer than 3 -> the top 3 (it and two others)
+    anchors = tiny.anchors_from_occupancy(logits, min_tokens=3)
+    assert sorted(map(tuple, anchors.index[0].tolist())) == [(0, 0, 0), (1, 2, 3), (4, 5, 6)]
+    many = torch.full((1, r, r, r), -1.0)
+    many[0, :2, :2, :2] = 1.0  # 8 occupied >= min_tokens: exactly the occupied set
+    assert tiny.anchors_from_occupancy(many, min_tokens=3).index.shape[1] == 8
+
+
 def test_render_calls_the_rasterizer_per_batch_item(tiny):
     images, c2w, K = _views(b=2, v=2)
     with torch.no_grad():

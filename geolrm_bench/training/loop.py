@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from geolrm_bench.errors import BenchError
 from geolrm_bench.model.config import get_config
 from geolrm_bench.model.gaussians import Gaussians
-from geolrm_bench.model.geolrm import Anchors, GeoLRM
+from geolrm_bench.model.geolrm import Anchors, GeoLRM, occupied_or_top
 from geolrm_bench.training import losses
 from geolrm_bench.training.config import OFFICIAL_TRAIN_TOKENS, TrainConfig
 from geolrm_bench.training.data import TrainDataset
@@ -250,10 +250,7 @@ def select_anchors(model: GeoLRM, logits: Tensor, cap: int, min_tokens: int,
         lg = logits[b:b + 1]
         occ = lg > 0
         if not model.cfg.compat and int(occ.sum()) < min_tokens:
-            k = min(min_tokens, lg.numel())
-            flat = torch.zeros(lg.numel(), dtype=torch.bool, device=lg.device)
-            flat[lg.reshape(-1).topk(k).indices] = True
-            occ = flat.view_as(lg)
+            occ = occupied_or_top(lg[0], min_tokens)[None]
             fallbacks += 1
         gen = torch.Generator().manual_seed(int(seeds[b]))
         items.append(model.anchors_from_occupancy(occ, cap, generator=gen))
