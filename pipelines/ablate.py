@@ -53,7 +53,7 @@ from geolrm_bench.eval_config import EvalConfig, method_spec
 from geolrm_bench.evaluation import Evaluator, prepare_object, resolve_sources
 from geolrm_bench.io import ensure_output_root, output_lock, read_json, write_json_atomic, write_text_atomic
 from geolrm_bench.model.config import get_config
-from geolrm_bench.pipelines.cluster import init_ray
+from geolrm_bench.pipelines.cluster import init_ray, thread_env
 from geolrm_bench.pipelines.evaluate import actor_error_reason, run_eval
 from geolrm_bench.protocol import DEFAULT_LIMIT, select_objects
 from geolrm_bench.reports import provenance, write_csv_atomic
@@ -68,7 +68,6 @@ STARTS_FILE = "starts.log"  # one line per start of a trial (tests count them)
 #: TrainConfig fields an ablation sets itself (per variant or shared); --train-config may not
 RESERVED = ("stage", "data", "out", "preset", "model_overrides", "init", "proposal", "seed",
             "fixed_input_views", "steps", "num_workers", "address", "use_gpu")
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass
@@ -340,7 +339,7 @@ def _run_locked(cfg: AblationConfig, variants: list[ablation.Variant], trials: l
     log(f"ablate: {len(variants)} variants -> {len(trials)} trials ({cfg.seeds} seed(s)), "
         f"{cfg.steps} stage-2 updates each, {n_train} training objects, {len(names)} held-out objects "
         f"-> {run}")
-    env = {k: str(cfg.threads) for k in THREAD_ENV_VARS if not cfg.use_gpu}
+    env = {} if cfg.use_gpu else thread_env(cfg.threads)
     env.update({"RAY_CHDIR_TO_TRIAL_DIR": "0"})
     ray, started = init_ray(cfg.address, None if cfg.address else max(os.cpu_count() or 1, cfg.threads), env)
     try:

@@ -8,9 +8,44 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+from collections.abc import Callable
 from typing import Any
 
 from geolrm_bench.errors import BenchError
+
+#: Thread-pool sizes set in every Ray worker (llvmpipe, OpenMP, MKL, OpenBLAS).
+THREAD_ENV_VARS = ("LP_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_env(threads: int | float) -> dict[str, str]:
+    """Environment for Ray workers: every thread pool sized to ``threads`` (at least 1).
+
+    Without this, llvmpipe and the BLAS/OpenMP pools start one thread per core of the machine in
+    *every* worker, so N workers oversubscribe the cores N-fold. The variables must be set before
+    those libraries load, which Ray's ``runtime_env`` ``env_vars`` guarantees (they are in the
+    worker's environment from its start). ``RAY_AUTH_MODE`` and ``PYOPENGL_PLATFORM`` pass through.
+    """
+    n = str(max(1, round(threads)))
+    env = {k: os.environ[k] for k in ("RAY_AUTH_MODE", "PYOPENGL_PLATFORM") if k in os.environ}
+    env.update({k: n for k in THREAD_ENV_VARS})
+    return env
+
+
+def sigterm_as_interrupt() -> Callable[[], None]:
+    """Turn SIGTERM into KeyboardInterrupt (clean Ray shutdown); returns a restore function.
+
+    Call it after ``ray.init``, which installs its own SIGTERM handler."""
+    try:
+        old = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, handler)
+        return lambda: signal.signal(signal.SIGTERM, old)
+    except ValueError:  # not the main thread
+        return lambda: None
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,

@@ -26,10 +26,9 @@ import dataclasses
 import json
 import os
 import resource
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +46,7 @@ from geolrm_bench.io import (
     write_json_atomic,
     write_text_atomic,
 )
-from geolrm_bench.pipelines.cluster import init_ray
+from geolrm_bench.pipelines.cluster import init_ray, sigterm_as_interrupt, thread_env
 
 MANIFEST_NAME = "manifest.jsonl"
 META_NAME = "meta.json"
@@ -275,22 +274,9 @@ def _render_into(item: WorkItem, views_dir: Path, render_resolution: int, backen
 # ----------------------------------------------------------------------------- execution
 
 #: Thread-pool sizes set in every worker: llvmpipe (OSMesa's rasterizer), OpenMP, MKL, OpenBLAS.
-THREAD_ENV_VARS = ("LP_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
 def worker_env(cfg: OccupancyGTConfig) -> dict[str, str]:
-    """Environment of each Ray worker: its thread pools sized to the task's CPUs.
-
-    Without this, llvmpipe starts one rasterizer thread per core of the machine (and the
-    BLAS/OpenMP pools likewise) in *every* worker, so N workers oversubscribe the cores
-    N-fold. The variables must be set before the GL / BLAS libraries load, which Ray's
-    ``runtime_env`` ``env_vars`` guarantees (they are in the worker process's environment
-    from its start). ``RAY_AUTH_MODE`` and ``PYOPENGL_PLATFORM`` are passed on too.
-    """
-    threads = str(max(1, round(cfg.cpus_per_task)))
-    env = {k: os.environ[k] for k in ("RAY_AUTH_MODE", "PYOPENGL_PLATFORM") if k in os.environ}
-    env.update({k: threads for k in THREAD_ENV_VARS})
-    return env
+    """Environment of each Ray worker: its thread pools sized to the task's CPUs (cluster.thread_env)."""
+    return thread_env(cfg.cpus_per_task)
 
 
 def _init_ray(cfg: OccupancyGTConfig):
@@ -323,7 +309,7 @@ def _run_ray(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
     ray, own = _init_ray(cfg)
     out = str(Path(cfg.out).absolute())
     items = [_absolute_item(it) for it in items]
-    restore = _sigterm_as_interrupt()  # after ray.init, which installs its own SIGTERM handler
+    restore = sigterm_as_interrupt()  # after ray.init, which installs its own SIGTERM handler
     try:
         # the same env_vars as the job's runtime_env (when we started Ray): workers are shared and
         # reused across objects (each keeps its GL context); on a joined cluster they set the pools
@@ -350,20 +336,6 @@ def _run_ray(items: list[WorkItem], cfg: OccupancyGTConfig) -> Iterator[dict]:
         restore()
         if own:
             ray.shutdown()
-
-
-def _sigterm_as_interrupt() -> Callable[[], None]:
-    """Turn SIGTERM into KeyboardInterrupt (clean Ray shutdown); returns a restore function."""
-    try:
-        old = signal.getsignal(signal.SIGTERM)
-
-        def handler(signum, frame):
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, handler)
-        return lambda: signal.signal(signal.SIGTERM, old)
-    except ValueError:  # not the main thread
-        return lambda: None
 
 
 def run_occupancy_gt(cfg: OccupancyGTConfig) -> RunResult:
@@ -404,7 +376,7 @@ def _run_locked(cfg: OccupancyGTConfig, out: Path, t_start: float) -> RunResult:
 
     counts = {"done": 0, "failed": 0, "skipped": len(records)}
     bar = _progress(len(todo), cfg.progress)
-    restore = _sigterm_as_interrupt()
+    restore = sigterm_as_interrupt()
     try:
         if todo:
             runner = _run_local if cfg.local else _run_ray

@@ -38,10 +38,9 @@ from tqdm import tqdm
 from geolrm_bench import synth
 from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.io import read_json, remove_stale_temporaries, sha256_file, write_json_atomic
+from geolrm_bench.pipelines.cluster import init_ray, sigterm_as_interrupt, thread_env
 from geolrm_bench.pipelines.occupancy_gt import (
     MANIFEST_NAME,
-    _init_ray,
-    _sigterm_as_interrupt,
     append_manifest,
     read_manifest,
 )
@@ -161,10 +160,10 @@ def _run_local(batches: list[list[int]], cfg: SynthRunConfig) -> Iterator[dict]:
 def _run_ray(batches: list[list[int]], cfg: SynthRunConfig) -> Iterator[dict]:
     """Yield records as tasks finish; a bounded window of tasks is in flight (absolute paths:
     a worker's working directory is that of its Ray node, not the driver's)."""
-    ray, own = _init_ray(cfg)
+    ray, own = init_ray(cfg.address, cfg.num_cpus, thread_env(cfg.cpus_per_task))
     out = str(cfg.out.absolute())
     gen = asdict(cfg.generator)
-    restore = _sigterm_as_interrupt()  # after ray.init, which installs its own SIGTERM handler
+    restore = sigterm_as_interrupt()  # after ray.init, which installs its own SIGTERM handler
     try:
         remote = ray.remote(generate_batch).options(num_cpus=cfg.cpus_per_task, max_retries=cfg.max_retries,
                                                     retry_exceptions=False)
@@ -239,7 +238,7 @@ def run_synth(cfg: SynthRunConfig) -> SynthRunResult:
     bar = None
     if cfg.progress:
         bar = tqdm(total=len(todo), unit="obj", desc="synth", dynamic_ncols=True)
-    restore = _sigterm_as_interrupt()
+    restore = sigterm_as_interrupt()
     try:
         if todo:
             runner = _run_local if cfg.local else _run_ray

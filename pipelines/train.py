@@ -18,7 +18,6 @@ Multi-node: ``RUN`` must be on a filesystem every node sees (Ray Train persists 
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import threading
@@ -26,12 +25,12 @@ from pathlib import Path
 
 from geolrm_bench.errors import BenchError
 from geolrm_bench.io import read_json
+from geolrm_bench.pipelines.cluster import init_ray, thread_env
 from geolrm_bench.training.config import TrainConfig
 from geolrm_bench.training.data import find_objects
 from geolrm_bench.training.runner import Hooks, newest_complete, read_state, train_local, train_worker
 
 RAY_DIR = "ray"  # RUN/ray: Ray Train's run state and checkpoints
-THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class RayHooks(Hooks):
@@ -78,24 +77,9 @@ def _worker_fn(config: dict) -> None:
 
 
 def _init_ray(cfg: TrainConfig, threads: int):
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    try:
-        import ray
-    except ImportError as e:  # pragma: no cover - ray is a dependency
-        raise BenchError(f"ray is not installed ({e}); use --local") from None
-    if ray.is_initialized():
-        return ray, False
-    env = {k: os.environ[k] for k in ("RAY_AUTH_MODE", "PYOPENGL_PLATFORM") if k in os.environ}
-    env.update({k: str(threads) for k in THREAD_ENV_VARS})
-    # log_to_driver off: the driver draws the progress bar itself (from metrics.csv), and Ray's own
-    # monitor threads are noisy when several Ray instances share a machine; errors still come back
-    kw: dict = dict(include_dashboard=False, logging_level=logging.ERROR, configure_logging=True,
-                    log_to_driver=False, runtime_env={"env_vars": env})
-    if cfg.address:
-        ray.init(address=cfg.address, **kw)
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, cfg.num_workers * threads), **kw)
-    return ray, True
+    # log_to_driver is off in init_ray: the driver draws the progress bar itself (from metrics.csv)
+    return init_ray(cfg.address, None if cfg.address else max(os.cpu_count() or 1, cfg.num_workers * threads),
+                    thread_env(threads))
 
 
 class _Progress:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from geolrm_bench.model.config import PRESETS
+
 
 def register(subparsers) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True,
                    help="folder written by `geolrm-bench occupancy-gt` "
                         "(renders/ + occupancy/<object>/pts.npy)")
-    p.add_argument("--preset", default="tiny", choices=["paper", "small", "tiny"],
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                    help="model preset for a fresh model (default tiny; ignored with --init)")
     p.add_argument("--out", required=True,
                    help="run folder (checkpoints, metrics.csv, curves.png, final model)")
