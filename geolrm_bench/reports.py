@@ -239,7 +239,9 @@ def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], confi
                  "the reconstruction alone (GiB).")
     for _, r in summary.iterrows():
         if all(m in r for m in EXTRA_METRICS) and np.isfinite(r["chamfer_m"]):
-            lines.append(f"Geometry in the ground-truth frame in metres, N = {int(r['num_input_views'])}: "
+            who = f"{r['method']}, " if "method" in r and len(summary) > 1 else ""
+            lines.append(f"Geometry ({who}N = {int(r['num_input_views'])}) in the ground-truth frame in "
+                         "metres: "
                          f"chamfer_m {_fmt(r['chamfer_m'], 4)} ± {_fmt(r['chamfer_m_ci95'], 4)}, "
                          f"fscore_m {_fmt(r['fscore_m'], 3)} ± {_fmt(r['fscore_m_ci95'], 3)}; in the "
                          "normalised frame (longest side 1): "
