@@ -28,10 +28,12 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+from tqdm import tqdm
 
 from geolrm_bench import occupancy as occ
 from geolrm_bench.errors import BenchError, one_line
@@ -374,13 +376,32 @@ def _run_locked(cfg: OccupancyGTConfig, out: Path, t_start: float) -> RunResult:
                 continue
         todo.append(it)
 
+    runner = _run_local if cfg.local else _run_ray
+    counts = collect_records(lambda: runner(todo, cfg), len(todo), manifest_path, records, cfg.progress,
+                             "occupancy-gt")
+
+    ordered = [records[it.name] for it in items if it.name in records]
+    run_name = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    report_dir = cfg.report_dir or Path("reports") / "occupancy" / run_name
+    seconds = time.perf_counter() - t_start
+    files = write_report(ordered, report_dir, cfg, seconds=seconds)
+    return RunResult(ordered, counts, out, manifest_path, report_dir, files, seconds, stale)
+
+
+def collect_records(run: Callable[[], Iterator[dict]], total: int, manifest_path: Path, records: dict,
+                    progress: bool, desc: str) -> dict[str, int]:
+    """Drain the records of a pipeline's workers (``run()`` is only called when ``total`` > 0):
+    each is appended to the manifest as it arrives and stored in ``records`` (by object name,
+    which already holds the skipped ones), with a progress bar and SIGTERM turned into
+    KeyboardInterrupt. Returns the counts ``done`` / ``failed`` / ``skipped``."""
     counts = {"done": 0, "failed": 0, "skipped": len(records)}
-    bar = _progress(len(todo), cfg.progress)
+    bar = None
+    if progress:
+        bar = tqdm(total=total, unit="obj", desc=desc, dynamic_ncols=True)
     restore = sigterm_as_interrupt()
     try:
-        if todo:
-            runner = _run_local if cfg.local else _run_ray
-            for rec in runner(todo, cfg):
+        if total:
+            for rec in run():
                 append_manifest(manifest_path, rec)
                 records[rec["object"]] = {**rec, "skipped": False}
                 counts["done" if rec["status"] == "done" else "failed"] += 1
@@ -391,21 +412,7 @@ def _run_locked(cfg: OccupancyGTConfig, out: Path, t_start: float) -> RunResult:
         restore()
         if bar is not None:
             bar.close()
-
-    ordered = [records[it.name] for it in items if it.name in records]
-    run_name = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    report_dir = cfg.report_dir or Path("reports") / "occupancy" / run_name
-    seconds = time.perf_counter() - t_start
-    files = write_report(ordered, report_dir, cfg, seconds=seconds)
-    return RunResult(ordered, counts, out, manifest_path, report_dir, files, seconds, stale)
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="obj", desc="occupancy-gt", dynamic_ncols=True)
+    return counts
 
 
 # ----------------------------------------------------------------------------- report

@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import trimesh
-from tqdm import tqdm
 
 from geolrm_bench import synth
 from geolrm_bench.errors import BenchError, one_line
@@ -42,6 +41,7 @@ from geolrm_bench.pipelines.cluster import init_ray, sigterm_as_interrupt, threa
 from geolrm_bench.pipelines.occupancy_gt import (
     MANIFEST_NAME,
     append_manifest,
+    collect_records,
     read_manifest,
 )
 from geolrm_bench.sample_data import geometry_key
@@ -233,26 +233,10 @@ def run_synth(cfg: SynthRunConfig) -> SynthRunResult:
             continue
         todo.append(i)
 
-    counts = {"done": 0, "failed": 0, "skipped": len(records)}
     batches = [todo[k:k + cfg.batch] for k in range(0, len(todo), cfg.batch)]
-    bar = None
-    if cfg.progress:
-        bar = tqdm(total=len(todo), unit="obj", desc="synth", dynamic_ncols=True)
-    restore = sigterm_as_interrupt()
-    try:
-        if todo:
-            runner = _run_local if cfg.local else _run_ray
-            for rec in runner(batches, cfg):
-                append_manifest(manifest_path, rec)
-                records[rec["object"]] = {**rec, "skipped": False}
-                counts["done" if rec["status"] == "done" else "failed"] += 1
-                if bar is not None:
-                    bar.set_postfix(done=counts["done"], failed=counts["failed"], skipped=counts["skipped"])
-                    bar.update(1)
-    finally:
-        restore()
-        if bar is not None:
-            bar.close()
+    runner = _run_local if cfg.local else _run_ray
+    counts = collect_records(lambda: runner(batches, cfg), len(todo), manifest_path, records, cfg.progress,
+                             "synth")
     ordered = [records[n] for n in (synth.object_name(cfg.seed, i) for i in indices) if n in records]
     return SynthRunResult(ordered, counts, out, manifest_path, time.perf_counter() - t_start)
 
