@@ -128,6 +128,18 @@ def load_into(model, sd: dict[str, Tensor], source: str = "checkpoint"):
     return model
 
 
+def _torch_load(path: Path):
+    """``torch.load(weights_only=True)`` on the CPU; any failure is a one-line BenchError naming the file."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
+        # torch's own message is a paragraph; keep its first sentence so the error stays one line
+        first = str(err).strip().split(". ")[0].splitlines()[0][:200]
+        raise BenchError(
+            f"cannot read checkpoint with torch.load(weights_only=True): {type(err).__name__}: {first}",
+            path) from None
+
+
 def load_official(
     path: str | Path,
     config: ModelConfig | str = "paper",
@@ -150,16 +162,7 @@ def load_official(
         raise BenchError("official checkpoint not found", path)
     cfg = get_config(config) if isinstance(config, str) else config.replace()
     cfg.compat = compat
-    try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        # torch's own message is a paragraph; keep its first sentence so the error stays one line
-        first = str(err).strip().split(". ")[0].splitlines()[0][:200]
-        raise BenchError(
-            f"cannot read checkpoint with torch.load(weights_only=True): {type(err).__name__}: {first}",
-            path) from None
-    sd = _unwrap(obj, path)
-    del obj
+    sd = _unwrap(_torch_load(path), path)
     model = load_into(build_empty(cfg), sd, source=str(path))
     return model.to(device).eval()
 
@@ -239,13 +242,7 @@ def validate_checkpoint(path: str | Path, config: ModelConfig | str = "paper") -
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
     except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped: read them
-        try:
-            obj = torch.load(path, weights_only=True, map_location="cpu")
-        except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-            first = str(err).strip().split(". ")[0].splitlines()[0][:200]
-            raise BenchError(
-                f"cannot read checkpoint with torch.load(weights_only=True): {type(err).__name__}: {first}",
-                path) from None
+        obj = _torch_load(path)
     sd = _unwrap(obj, path)
     match_state_dict(build_empty(cfg), sd, source=str(path))
     return "official"
