@@ -537,9 +537,13 @@ class DatasetReader:
                 continue
             if p.is_dir() and _visual_obj(p) is not None:
                 refs.append(ObjectRef(p.name, p, self.name))
-            elif p.is_file() and p.suffix.lower() == ".obj" and not _COLLISION_RE.search(p.stem):
+            elif p.is_file() and self.is_object_file(p):
                 refs.append(ObjectRef(p.stem, p, self.name))
         return refs
+
+    def is_object_file(self, path: Path) -> bool:
+        """A loose file in the root that is one object (default: a visual OBJ, not a collision hull)."""
+        return path.suffix.lower() == ".obj" and not _COLLISION_RE.search(path.stem)
 
     def list_file(self, root: Path) -> list[ObjectRef]:
         """A dataset root that is one file: a mesh file is one object."""
@@ -610,17 +614,10 @@ class GSOReader(DatasetReader):
     def list_objects(self, root: Path) -> list[ObjectRef]:
         if root.is_dir() and (root / "meshes" / "model.obj").is_file():
             return [ObjectRef(root.name, root, self.name)]
-        if root.is_file():
-            return self.list_file(root)
-        refs = []
-        for p in sorted(root.iterdir()):
-            if p.name.startswith("."):
-                continue
-            if p.is_dir() and _visual_obj(p) is not None:
-                refs.append(ObjectRef(p.name, p, self.name))
-            elif p.is_file() and p.suffix.lower() == ".zip":
-                refs.append(ObjectRef(p.stem, p, self.name))
-        return refs
+        return super().list_objects(root)
+
+    def is_object_file(self, path: Path) -> bool:
+        return path.suffix.lower() == ".zip"  # one zipped GSO object
 
     def list_file(self, root: Path) -> list[ObjectRef]:
         if root.suffix.lower() == ".zip":
