@@ -65,7 +65,7 @@ from geolrm_bench.errors import BenchError, one_line
 from geolrm_bench.io import write_json_atomic, write_text_atomic
 from geolrm_bench.metrics.cost import cpu_name, measure_cost
 from geolrm_bench.model.config import get_config
-from geolrm_bench.model.gaussians import Gaussians
+from geolrm_bench.model.gaussians import shell_gaussians
 from geolrm_bench.model.geolrm import GeoLRM
 from geolrm_bench.model.rasterize import render_gaussians
 from geolrm_bench.protocol import DEFAULT_TEST_VIEWS, SWEEP_NUM_INPUT_VIEWS, input_view_ids
@@ -292,16 +292,6 @@ def model_inputs(num_views: int, size: int, device: torch.device, seed: int = 0)
     images = torch.rand(1, num_views, 3, size, size, generator=torch.Generator().manual_seed(seed))
     return (images.to(device), c2w[None].to(device),
             K[None, None].expand(1, num_views, 3, 3).contiguous().to(device))
-
-
-def shell_gaussians(n: int, seed: int = 0, scale: tuple[float, float] = (0.003, 0.015)) -> Gaussians:
-    """``n`` Gaussians near a sphere shell of radius 0.35 (object-like density), opacity 0.3..1, CPU."""
-    gen = torch.Generator().manual_seed(seed)
-    d = torch.randn(n, 3, generator=gen)
-    means = 0.35 * d / d.norm(dim=1, keepdim=True) + 0.01 * torch.randn(n, 3, generator=gen)
-    return Gaussians(means=means, opacities=0.3 + 0.7 * torch.rand(n, generator=gen),
-                     scales=scale[0] + (scale[1] - scale[0]) * torch.rand(n, 3, generator=gen),
-                     quats=torch.randn(n, 4, generator=gen), colors=torch.rand(n, 3, generator=gen))
 
 
 def raster_cameras(view_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:  # [V, 4, 4], [V, 3, 3]

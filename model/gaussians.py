@@ -81,3 +81,14 @@ class Gaussians:
         """Concatenate unbatched sets along N."""
         return Gaussians(**{k: torch.cat([g.as_dict()[k] for g in items], dim=0)
                             for k in ("means", "opacities", "scales", "quats", "colors")})
+
+
+def shell_gaussians(n: int, seed: int = 0, scale: tuple[float, float] = (0.003, 0.015)) -> Gaussians:
+    """``n`` Gaussians near a sphere shell of radius 0.35 (object-like density), opacity 0.3..1, CPU:
+    synthetic Gaussians for benchmarks and rasterizer checks."""
+    gen = torch.Generator().manual_seed(seed)
+    d = torch.randn(n, 3, generator=gen)
+    means = 0.35 * d / d.norm(dim=1, keepdim=True) + 0.01 * torch.randn(n, 3, generator=gen)
+    return Gaussians(means=means, opacities=0.3 + 0.7 * torch.rand(n, generator=gen),
+                     scales=scale[0] + (scale[1] - scale[0]) * torch.rand(n, 3, generator=gen),
+                     quats=torch.randn(n, 4, generator=gen), colors=torch.rand(n, 3, generator=gen))

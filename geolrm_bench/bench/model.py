@@ -22,6 +22,8 @@ import time
 import torch
 from tabulate import tabulate
 
+from geolrm_bench.model.gaussians import shell_gaussians
+
 PAPER_TABLE3 = {4: (0.51, 4.30), 8: (0.84, 5.50), 12: (1.16, 6.96), 16: (1.51, 8.23), 20: (1.84, 9.43)}
 VIEWS = (4, 8, 12, 16, 20)
 TOKEN_CAP = 8192
@@ -73,18 +75,6 @@ def model_forward_table(device: str, views=VIEWS, preset: str = "paper", warmup:
     return rows
 
 
-def _random_gaussians(n: int, seed: int = 0, scale=(0.003, 0.015)):
-    """Gaussians on a sphere shell of radius 0.35 (object-like density), opacity 0.3..1."""
-    from geolrm_bench.model.gaussians import Gaussians
-
-    gen = torch.Generator().manual_seed(seed)
-    d = torch.randn(n, 3, generator=gen)
-    means = 0.35 * d / d.norm(dim=1, keepdim=True) + 0.01 * torch.randn(n, 3, generator=gen)
-    return Gaussians(means=means, opacities=0.3 + 0.7 * torch.rand(n, generator=gen),
-                     scales=scale[0] + (scale[1] - scale[0]) * torch.rand(n, 3, generator=gen),
-                     quats=torch.randn(n, 4, generator=gen), colors=torch.rand(n, 3, generator=gen))
-
-
 def _camera(size: int):
     from geolrm_bench.cameras import gobjaverse_c2w
 
@@ -107,13 +97,13 @@ def rasterizer_table() -> list[list]:
 
     rows = []
     c2w, K = _camera(512)
-    g = _random_gaussians(65536)
+    g = shell_gaussians(65536)
     for method in ("tiles", "auto"):
         def fwd(method=method):
             with torch.no_grad():
                 render_gaussians(g, c2w, K, 512, 512, method=method)
         rows.append([f"torch {method}", "65,536", "512x512", "forward", f"{_time(fwd, 2):.2f}"])
-    big = _random_gaussians(TOKEN_CAP * 32, seed=2)  # as many as GeoLRM outputs at the 8192-token cap
+    big = shell_gaussians(TOKEN_CAP * 32, seed=2)  # as many as GeoLRM outputs at the 8192-token cap
 
     def fwd_big():
         with torch.no_grad():
@@ -129,7 +119,7 @@ def rasterizer_table() -> list[list]:
         (out["rgb"].mean() + out["depth"].mean()).backward()
     rows.append(["torch auto", "65,536", "512x512", "forward+backward", f"{_time(fwd_bwd):.2f}"])
 
-    small = _random_gaussians(2000, seed=1, scale=(0.01, 0.04))
+    small = shell_gaussians(2000, seed=1, scale=(0.01, 0.04))
     for backend, method in (("reference", "auto"), ("torch", "tiles"), ("torch", "pairs")):
         def f(backend=backend, method=method):
             with torch.no_grad():
