@@ -62,6 +62,21 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def rendering_available() -> bool:
+    """Whether the offscreen renderer works here (one 8 px view of a box)."""
+    try:
+        from geolrm_bench import rendering  # pyrender/OpenGL: only for tests that render
+
+        rendering.render_views(trimesh.creation.box(extents=(1, 1, 1)), resolution=8, views=[0])
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: cannot render here
+        return False
+
+
+#: ``@needs_renderer``: skip a test when no offscreen renderer is available
+needs_renderer = pytest.mark.skipif(not rendering_available(), reason="offscreen renderer unavailable")
+
+
 def make_occupancy_data(root: Path) -> Path:
     """``occupancy-gt`` output (local, no Ray) for a sphere and a box at 64 px, R_gt = 128, under
     ``root/train-data``: the smallest training data the trainer accepts (as in test_training.py).

@@ -22,23 +22,14 @@ import trimesh
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
+from conftest import needs_renderer  # noqa: E402
+
 from geolrm_bench.pipelines import occupancy_gt as pipe  # noqa: E402
 
 R = 128
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _rendering_available() -> bool:
-    try:
-        from geolrm_bench import rendering  # noqa: F401
-
-        rendering.render_views(trimesh.creation.box(extents=(1, 1, 1)), resolution=8, views=[0])
-        return True
-    except Exception:
-        return False
-
-
-needs_renderer = pytest.mark.skipif(not _rendering_available(), reason="offscreen renderer unavailable")
 
 
 def _make_meshes(root: Path, n_spheres: int = 1) -> Path:

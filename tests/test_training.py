@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import trimesh
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+from conftest import needs_renderer  # noqa: E402
 
 from geolrm_bench.errors import BenchError  # noqa: E402
 from geolrm_bench.training import loop, losses, views  # noqa: E402
@@ -182,35 +183,10 @@ def test_view_sampling_rules():
 
 
 # ----------------------------------------------------------------------------- data
-def _rendering_available() -> bool:
-    try:
-        from geolrm_bench import rendering
-
-        rendering.render_views(trimesh.creation.box(extents=(1, 1, 1)), resolution=8, views=[0])
-        return True
-    except Exception:
-        return False
-
-
-needs_renderer = pytest.mark.skipif(not _rendering_available(), reason="offscreen renderer unavailable")
-
-
 @pytest.fixture(scope="module")
-def train_data(tmp_path_factory) -> Path:
-    """occupancy-gt output for a sphere and a box (64 px views, R_gt = 128)."""
-    if not _rendering_available():
-        pytest.skip("offscreen renderer unavailable")
-    from geolrm_bench.pipelines import occupancy_gt as pipe
-
-    root = tmp_path_factory.mktemp("meshes")
-    trimesh.creation.icosphere(subdivisions=3, radius=2.0).export(root / "sphere.ply")
-    trimesh.creation.box(extents=(3.0, 2.0, 1.0)).export(root / "box.stl")
-    out = root.parent / "train-data"
-    res = pipe.run_occupancy_gt(pipe.OccupancyGTConfig(dataset="meshes", root=root, out=out,
-                                                       render_resolution=64, local=True, progress=False,
-                                                       report_dir=root / "rep"))
-    assert res.counts["done"] == 2
-    return out
+def train_data(occupancy_data) -> Path:
+    """occupancy-gt output for a sphere and a box (64 px views, R_gt = 128): conftest's session data."""
+    return occupancy_data
 
 
 def test_occupancy_grid_downsamples_by_floor():
