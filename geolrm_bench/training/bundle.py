@@ -57,14 +57,11 @@ def _run_summary(run: Path) -> dict[str, Any]:
         wall = (run / "status.json").stat().st_mtime - float(started.read_text().split()[0])
     else:
         wall = step_seconds
-    last_val = {}
-    if val:
-        last_step = val[-1]["step"]
-        last_val = {r["metric"]: float(r["mean"]) for r in val if r["step"] == last_step}
-    first_val = {}
-    if val:
-        first_step = val[0]["step"]
-        first_val = {r["metric"]: float(r["mean"]) for r in val if r["step"] == first_step}
+
+    def at(row: dict | None) -> dict[str, float]:  # every metric of that row's validation step
+        return {r["metric"]: float(r["mean"]) for r in val if r["step"] == row["step"]} if row else {}
+
+    first_val, last_val = at(val[0] if val else None), at(val[-1] if val else None)
     commit_file = run.parent / f"{run.name}.git_commit"  # `make train-bundled`: HEAD at the start
     commit = commit_file.read_text().strip() if commit_file.is_file() else "unknown (not recorded)"
     return {"stage": cfg["stage"], "steps": int(status["step"]), "wall_s": round(wall, 1), "commit": commit,
