@@ -440,7 +440,8 @@ def write_report(cfg: AblationConfig, variants: list[ablation.Variant], trials: 
               "schedule: the recipe's warmup + cosine compressed to the budget (10 % warmup, T_max = steps); "
               f"stage-2 overrides: {cfg.train_config or 'none'}; "
               f"stage-1 overrides: {cfg.stage1_config or 'none'}."]
-    write_text_atomic(out / "summary.md", ablation.summary_markdown(summary, budget, notes))
+    same_as_full = [v for vs in shared.values() if "full" in vs for v in vs if v != "full"]
+    write_text_atomic(out / "summary.md", ablation.summary_markdown(summary, budget, notes, same_as_full))
     config = provenance(
         kind="ablation", table=cfg.table, variants=[asdict(v) for v in variants],
         trials=[t.to_dict() for t in trials], steps=cfg.steps, stage1_steps=cfg.s1_steps,
