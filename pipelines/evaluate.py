@@ -19,6 +19,7 @@ point cache), ``objects/`` (per-object records), the report files of :mod:`geolr
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -204,7 +205,11 @@ def _run_ray(cfg: EvalConfig, todo: list[ObjectSource], protocol: Protocol, rend
         use_gpu = cfg.device.startswith("cuda") or (cfg.device in ("", "auto") and gpus >= 1)
         if use_gpu and gpus < 1:
             raise BenchError("--device cuda requested but the Ray cluster has no GPU")
-        threads = 1 if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+        # CPU: the actor's torch gets every core (capped by this machine's). It does nearly all the
+        # work (model, LPIPS-VGG); the render/score tasks beside it are short. With CPU - 1
+        # threads a 2-core machine ran LPIPS on one thread while the other core mostly idled.
+        threads = 1 if use_gpu else max(1, min(int(ray.cluster_resources().get("CPU", 1)),
+                                               os.cpu_count() or 1))
         actor_cls = ray.remote(num_cpus=1, num_gpus=1 if use_gpu else 0, max_restarts=1)(Evaluator)
         actor = actor_cls.remote(replace(method_spec(cfg), threads=threads), cfg.lpips_net)
         try:

@@ -244,6 +244,11 @@ class LPIPS(ViewMeanMetric):
         self.device = torch.device(device or "cpu")
         self.chunk_size = max(1, int(chunk_size))
         self._model = build_lpips_network(net, self.device)
+        # On the CPU, oneDNN's convolutions run faster on NHWC tensors (measured in
+        # ``make bench``: VGG-16 at 512 px); same arithmetic, distances equal to ~1e-7.
+        self._channels_last = self.device.type == "cpu"
+        if self._channels_last:
+            self._model = self._model.to(memory_format=torch.channels_last)
         self.weight_source: str = self._model.weight_source
         super().__init__()
 
@@ -257,6 +262,9 @@ class LPIPS(ViewMeanMetric):
         for i in range(0, pred.shape[0], self.chunk_size):
             p = pred[i:i + self.chunk_size].to(self.device, torch.float32) * 2 - 1
             t = target[i:i + self.chunk_size].to(self.device, torch.float32) * 2 - 1
+            if self._channels_last:
+                p = p.contiguous(memory_format=torch.channels_last)
+                t = t.contiguous(memory_format=torch.channels_last)
             out.append(self._model(p, t).flatten().double().cpu())
         return torch.cat(out)
 
