@@ -166,10 +166,12 @@ eval-omni: setup
 	$(VENV)/bin/geolrm-bench eval $(if $(OMNI_ROOT),--dataset omni --root $(OMNI_ROOT),--dataset sample) \
 	  $(MODEL_ARGS) --input-views 6 $(if $(LIMIT),--limit $(LIMIT))
 
+# SWEEP_ARGS: more sweep-views options, e.g. "--no-baselines --out reports/sweeps/x --renders DIR"
+SWEEP_ARGS ?=
 sweep-views: setup
 	$(if $(GSO_ROOT),,@$(MAKE) --no-print-directory data-sample)
 	$(VENV)/bin/geolrm-bench sweep-views $(if $(GSO_ROOT),--dataset gso --root $(GSO_ROOT),--dataset sample) \
-	  $(MODEL_ARGS) $(if $(LIMIT),--limit $(LIMIT))
+	  $(MODEL_ARGS) $(if $(LIMIT),--limit $(LIMIT)) $(SWEEP_ARGS)
 
 # GPU check (issue 14; README "GPU check"). Deliberately NOT dependent on `setup`: on an offline GPU
 # node with a stock image (torch, transformers, numpy) and no .venv it runs the node's $(GPU_PYTHON)

@@ -178,6 +178,62 @@ def model_rows(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[summary["role"] != "baseline"] if "role" in summary.columns else summary
 
 
+def sweep_findings(records_by_n: dict[int, list[dict]], paper: pd.DataFrame | None = None,
+                   paper_method: str = "GeoLRM") -> list[str]:
+    """Plain sentences answering Table 3's questions for a view sweep of ONE method.
+
+    ``records_by_n``: the per-object records (``object, status, psnr, ssim, lpips, inference_s,
+    memory_gb``) of each N. For the image metrics: the mean at every N, and the change from the
+    smallest to the largest N paired by object (mean ± t-based 95% half-width over the objects ok
+    at both), with whether the interval excludes 0. For time and memory: the means at both ends and
+    their ratio, beside the paper's ``paper_method`` rows of Table 3 (``paper``) when it has both N.
+    """
+    ns = sorted(int(n) for n in records_by_n)
+    if len(ns) < 2:
+        return []
+    lo, hi = ns[0], ns[-1]
+    frames = {n: pd.DataFrame([r for r in records_by_n[n] if r.get("status") == "ok"]) for n in ns}
+    if any(df.empty for df in frames.values()):
+        return []
+    out = []
+    for m, better in (("psnr", "higher"), ("ssim", "higher"), ("lpips", "lower")):
+        means = [float(frames[n][m].mean()) for n in ns]
+        pair = frames[hi][["object", m]].merge(frames[lo][["object", m]], on="object",
+                                               suffixes=("_hi", "_lo"))
+        d = (pair[f"{m}_hi"] - pair[f"{m}_lo"]).to_numpy(dtype=np.float64)
+        d = d[np.isfinite(d)]
+        if not d.size:
+            continue
+        mean_d, h = float(d.mean()), ci95(d.tolist())
+        improves = mean_d > 0 if better == "higher" else mean_d < 0
+        if np.isfinite(h) and abs(mean_d) > h:
+            verdict = ("improves" if improves else "gets WORSE") + " (the interval excludes 0)"
+        else:
+            verdict = "no change beyond noise (the interval includes 0)"
+        steps = np.diff(means)
+        mono = np.all(steps > 0) if better == "higher" else np.all(steps < 0)
+        digits = 2 if m == "psnr" else 3
+        out.append(f"{m.upper()} ({better} is better) by N: " + ", ".join(
+            f"{n}: {v:.{digits}f}" for n, v in zip(ns, means))
+            + f"; N={hi} − N={lo} paired over {d.size} objects: {mean_d:+.{digits}f} ± {h:.{digits}f}, "
+            + verdict + ("; improves at every step." if mono else "; not at every step."))
+    prow = None
+    if paper is not None and len(paper):
+        p = paper[paper["method"] == paper_method].set_index("num_input_views")
+        if lo in p.index and hi in p.index:
+            prow = p
+    for col, unit, what in (("inference_s", "s", "reconstruction time"), ("memory_gb", "GiB", "peak memory")):
+        a, b = float(frames[lo][col].mean()), float(frames[hi][col].mean())
+        if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:
+            continue
+        line = f"{what}: {a:.2f} {unit} at N={lo}, {b:.2f} {unit} at N={hi} ({b / a:.2f}x)"
+        if prow is not None and pd.notna(prow.loc[lo, col]) and pd.notna(prow.loc[hi, col]):
+            pa, pb = float(prow.loc[lo, col]), float(prow.loc[hi, col])
+            line += f"; the paper's {paper_method}: {pa:.2f} -> {pb:.2f} ({pb / pa:.2f}x)"
+        out.append(line + ".")
+    return out
+
+
 def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], config: dict,
                      paper: pd.DataFrame | None = None, paper_note: str = "",
                      warnings: Sequence[str] = (), pictures: Sequence[tuple[str, str]] = ()) -> str:

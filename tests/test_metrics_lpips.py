@@ -126,3 +126,31 @@ def test_torchvision_hub_file_is_preferred(monkeypatch, tmp_path):
     assert metric.weight_source.endswith("alexnet-owt-7be5be79.pth")
     d = metric(torch.cat([_load("ex_ref")] * 2), torch.cat([_load("ex_p0"), _load("ex_p1")]))
     assert [round(float(v), 3) for v in d] == [0.722, 0.138]
+
+
+@needs_weights
+def test_channels_last_layout_gives_the_plain_layouts_distances():
+    # the CPU metric runs in channels-last; upstream's computation is plain NCHW: same numbers
+    rng = np.random.default_rng(1)
+    a = torch.from_numpy(rng.random((2, 3, 64, 64), dtype=np.float32))
+    b = (a + 0.3 * torch.from_numpy(rng.random((2, 3, 64, 64), dtype=np.float32))).clamp(0, 1)
+    metric = LPIPS("vgg")
+    assert metric._channels_last
+    d = metric(a, b)
+    plain = metric._model.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        ref = plain(a * 2 - 1, b * 2 - 1).flatten().double()
+    np.testing.assert_allclose(d.numpy(), ref.numpy(), rtol=1e-5, atol=1e-7)
+
+
+@needs_weights
+def test_bench_counts_the_vgg16_convolutions_flops():
+    from geolrm_bench.bench.evaluate import trunk_conv_flops
+
+    # VGG-16's 13 convolutions (3x3, padding 1) at 224 px, by hand: (C_in, C_out, side)
+    layers = [(3, 64, 224), (64, 64, 224), (64, 128, 112), (128, 128, 112), (128, 256, 56),
+              (256, 256, 56), (256, 256, 56), (256, 512, 28), (512, 512, 28), (512, 512, 28),
+              (512, 512, 14), (512, 512, 14), (512, 512, 14)]
+    macs = sum(9 * ci * co * s * s for ci, co, s in layers)
+    assert macs == pytest.approx(15.35e9, rel=1e-3)  # the published 15.47 G minus the FC layers' 0.12 G
+    assert trunk_conv_flops(LPIPS("vgg")._model.net, 224, 224) == 2 * macs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -113,3 +114,29 @@ def test_not_paper_model_flag():
         md = reports.summary_markdown(s, ["protocol line"], {"run": "r"})
         assert md.startswith("> **NOT THE PAPER'S MODEL**") is flagged, (kind, preset)
         assert bool(s["paper_model"].iloc[0]) is (kind == "official" and preset == "paper")
+
+
+def test_sweep_findings_pair_objects_and_state_time_and_memory_growth():
+    # three objects; PSNR +2, +2.5, +3 dB from N=4 to N=12 (paired mean 2.5, s = 0.5), N=8 between;
+    # SSIM unchanged (0 difference everywhere: interval 0, "no change"); LPIPS falls by 0.1 each.
+    def recs(n, dpsnr, dlpips, t, mem):
+        return [{"object": o, "status": "ok", "psnr": 10.0 + i + dpsnr * (4 + i) / 2, "ssim": 0.5,
+                 "lpips": 0.4 - dlpips, "inference_s": t, "memory_gb": mem} for i, o in enumerate("abc")]
+    by_n = {4: recs(4, 0.0, 0.0, 0.5, 1.0), 8: recs(8, 0.5, 0.05, 0.75, 1.5),
+            12: recs(12, 1.0, 0.1, 1.0, 2.0)}
+    by_n[12].append({"object": "d", "status": "failed"})  # failed objects are left out
+    paper, _ = reports.paper_rows("gso")
+    lines = reports.sweep_findings(by_n, paper[paper["table"] == 3])
+    text = "\n".join(lines)
+    half = 4.302652729749464 * 0.5 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n)
+    assert "PSNR (higher is better) by N: 4: 11.00, 8: 12.25, 12: 13.50; " \
+           f"N=12 − N=4 paired over 3 objects: +2.50 ± {half:.2f}, improves (the interval excludes 0); " \
+           "improves at every step." in text
+    assert "SSIM (higher is better) by N: 4: 0.500, 8: 0.500, 12: 0.500" in text
+    assert "no change beyond noise" in lines[1] and "not at every step" in lines[1]
+    assert "LPIPS (lower is better)" in lines[2] and "-0.100 ± 0.000, improves" in lines[2]
+    # the paper's GeoLRM (Table 3): 0.51 s at 4 views, 1.16 s at 12; 4.30 -> 6.96 GB
+    assert "reconstruction time: 0.50 s at N=4, 1.00 s at N=12 (2.00x); " \
+           "the paper's GeoLRM: 0.51 -> 1.16 (2.27x)" in text
+    assert "peak memory: 1.00 GiB at N=4, 2.00 GiB at N=12 (2.00x); the paper's GeoLRM: 4.30 -> 6.96" in text
+    assert reports.sweep_findings({4: by_n[4]}) == []
