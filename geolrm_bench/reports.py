@@ -248,8 +248,10 @@ def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], confi
         if "checkpoint_kind" in flagged else flagged.iloc[:0]
     if len(bundled):
         desc = config.get("model_description") or "Bundled GeoLRM; not the paper's model"
+        has_baselines = "role" in summary.columns and bool((summary["role"] == "baseline").any())
         lines.append(f"> **{desc}.** The toolkit's own small model, trained here: compare it with the "
-                     "baseline rows, not with the paper's numbers.")
+                     + ("baseline rows" if has_baselines else "baseline rows of an evaluation run with "
+                        "baselines (this run has none)") + ", not with the paper's numbers.")
         lines.append("")
         flagged = flagged.iloc[:0]
     if len(flagged):

@@ -66,8 +66,10 @@ def _print_summary(summary) -> None:
     models = summary[summary["role"] != "baseline"] if "role" in summary.columns else summary
     kinds = set(models["checkpoint_kind"].astype(str)) if "checkpoint_kind" in models.columns else set()
     if kinds == {"bundled"}:
+        has_baselines = len(models) < len(summary)
         print("NOTE: the bundled model (trained here, tiny preset): not the paper's model; "
-              "compare it with the baseline rows.")
+              + ("compare it with the baseline rows." if has_baselines else "compare it with baselines "
+                 "(this run has none: --baselines)."))
     elif bool(models["not_paper_model"].any()):
         print("NOTE: random weights or a non-paper preset: not the paper's model.")
 
