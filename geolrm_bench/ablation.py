@@ -390,6 +390,7 @@ def summary_markdown(summary: pd.DataFrame, budget_lines: Sequence[str], notes: 
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for _, r in part.iterrows():
             verdict = ("reference" if r["variant"] == "full"
+                       else "the same trained model as full" if r["variant"] in same_as_full
                        else _verdict(r["d_psnr"], r["d_psnr_ci95"], r["paper_d_psnr"]))
             lines.append(
                 f"| {r['variant']} | {r['num_seeds']} | {r['num_objects']} "

@@ -35,7 +35,9 @@ The report (``--report-dir``, default ``reports/ablations/<RUN name>``): ``summa
 
 from __future__ import annotations
 
+import calendar
 import fcntl
+import math
 import os
 import time
 from collections.abc import Callable
@@ -397,6 +399,22 @@ def collect(cfg: AblationConfig, trials: list[ablation.TrialSpec]) -> list[ablat
     return results
 
 
+def trials_span_s(cfg: AblationConfig, trials: list[ablation.TrialSpec]) -> float:
+    """Seconds from the first start of any trial (its ``starts.log``) to the last ``result.json``
+    written: the experiment's elapsed time over all invocations, interruptions included. NaN when
+    a trial has no record of either."""
+    starts, ends = [], []
+    for t in trials:
+        tdir = trial_dir(cfg, t)
+        try:
+            first = (tdir / STARTS_FILE).read_text().split(maxsplit=1)[0]
+            starts.append(calendar.timegm(time.strptime(first, "%Y-%m-%dT%H:%M:%SZ")))
+            ends.append((tdir / RESULT_FILE).stat().st_mtime)
+        except (OSError, IndexError, ValueError):
+            return math.nan
+    return max(ends) - min(starts) if starts else math.nan
+
+
 def write_report(cfg: AblationConfig, variants: list[ablation.Variant], trials: list[ablation.TrialSpec],
                  wall_s: float, objects: list[str]) -> Path:
     """summary.csv, summary.md, psnr_vs_views.png, per_object.csv and config.json (last)."""
@@ -420,7 +438,8 @@ def write_report(cfg: AblationConfig, variants: list[ablation.Variant], trials: 
         f"{len(train_objects)} objects of `{cfg.data}`, evaluated on {len(objects)} held-out "
         f"`{cfg.eval_dataset}` "
         f"objects at {cfg.eval_resolution} px.**",
-        f"Wall time {wall_s / 3600:.2f} h for this invocation (a resumed run counts only its own part); "
+        f"Elapsed {trials_span_s(cfg, trials) / 3600:.2f} h from the first trial's start to the last "
+        f"trial's end (every invocation, interruptions included; this invocation {wall_s / 3600:.2f} h); "
         f"{trial_wall / 3600:.2f} h summed over the trials' own times ("
         f"{cfg.threads} CPU thread(s) per trial{', 1 GPU' if cfg.use_gpu else ''}).",
         "The paper trained a 12-layer model at 224 px on Objaverse for an unstated number of steps and "

@@ -341,3 +341,26 @@ def test_reproduction_findings_state_each_ordering_from_a_constructed_run():
     assert "N=4: full − fixed = +1.00 ± 0.00 dB (paper +0.22; agree)" in text
     md = ablation.summary_markdown(s, ["Budget: 2 updates"], same_as_full=["points_4"])
     assert "## What this run reproduces (PSNR)" in md
+
+
+def test_elapsed_span_runs_from_the_first_trial_start_to_the_last_result(tmp_path):
+    from types import SimpleNamespace
+
+    from geolrm_bench.pipelines import ablate
+
+    cfg = SimpleNamespace(out=tmp_path)
+    specs = [ablation.TrialSpec(name=n, variants=[n], seed=42, model_overrides={}, fixed_input_views=None,
+                                eval_views=[6], stage1_key="k", config_key=n) for n in ("a-s42", "b-s42")]
+    starts = {"a-s42": "2026-01-01T10:00:00Z", "b-s42": "2026-01-01T10:30:00Z"}
+    ten = 1767261600  # 2026-01-01T10:00:00Z: 56 years of 365 days + 14 leap days, + 10 h
+    assert ten == (56 * 365 + 14) * 86400 + 10 * 3600
+    ends = {"a-s42": ten + 600, "b-s42": ten + 5400}  # 10:10 and 11:30
+    for s in specs:
+        d = tmp_path / "trials" / s.name
+        d.mkdir(parents=True)
+        (d / ablate.STARTS_FILE).write_text(f"{starts[s.name]} pid 1\n2026-01-01T11:50:00Z pid 2\n")
+        (d / ablate.RESULT_FILE).write_text("{}")
+        os.utime(d / ablate.RESULT_FILE, (ends[s.name], ends[s.name]))
+    assert ablate.trials_span_s(cfg, specs) == pytest.approx(5400.0)  # 10:00 -> 11:30
+    (tmp_path / "trials" / "b-s42" / ablate.RESULT_FILE).unlink()
+    assert math.isnan(ablate.trials_span_s(cfg, specs))
