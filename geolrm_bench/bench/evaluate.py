@@ -9,12 +9,15 @@ output) on the CPU, split into stages (the record's stage times, also in ``per_o
 - set-up (once per run): building the model and the LPIPS network.
 
 Issue 12's goal is at most 10 s per object at 512 px; NOT met on the 2-core development machine.
-Measured there while a training job shared the cores (load average 6-8, so 2-4x slower than an
-idle machine; random tiny weights, 4096 Gaussians): 46-60 s per object, of which LPIPS-VGG on the
-4 test views at 512 px 31-36 s (the VGG-16 convolutions on 8 images of 512^2, ~640 GFLOP; 80% of
-its time in conv2d), test-view rasterization 5-15 s, model 1.5-2.5 s, rendering 3-4 s,
-PSNR+SSIM 0.9 s, Chamfer/F-score 0.15 s, loading 0.3 s, picture 0.3 s. Nothing here can shrink
-LPIPS-VGG without changing its values; ``--lpips-net alex`` is the fast (different) metric. The
+Measured there, idle (load < 1), bundled model, 4096 Gaussians: 12.7 s per object, of which
+LPIPS-VGG on the 4 test views 7.9 s, rendering the 40 views 2.4 s, test-view rasterization 1.05 s,
+the model 0.28 s, loading 0.16 s, PSNR+SSIM 0.21 s, Chamfer/F-score 0.07 s, picture 0.25 s.
+LPIPS-VGG is 1.28 TFLOP here (VGG-16's 13 convolutions at 512^2 on 8 images; printed below) and
+ran at 162 GFLOP/s, 94% of the same run's fp32 matmul rate (172 GFLOP/s): exact fp32 LPIPS-VGG
+alone needs about 7.5 s on these 2 cores, so with rendering the 10 s goal is out of reach without
+changing the metric (``--lpips-net alex`` is the fast, different one). Before commit cf952a7
+(LPIPS in channels-last: 1.24x measured below; the Ray model actor on every core instead of
+CPU - 1, i.e. 1 thread on 2 cores) an object took 35-50 s inside ``make eval-gso`` (load 3-6). The
 baselines (random weights, nearest view) are not part of this number (``baselines=False``).
 
 Runs in-process (``local``), no Ray, at the protocol's 512 px (``GEOLRM_BENCH_QUICK=1``: 256 px).
@@ -74,6 +77,15 @@ def print_lpips_costs(lp, res: int, lpips_s: float, views: int = 4) -> None:
     print(f"LPIPS-{lp.net}: {flops / 1e9:.0f} GFLOP for {views} test views at {res} px "
           f"(prediction + ground truth through the trunk); in the evaluation {lpips_s:.2f} s = "
           f"{flops / 1e9 / max(lpips_s, 1e-9):.0f} GFLOP/s on {torch.get_num_threads()} thread(s)")
+    m1, m2 = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    m1 @ m2  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(4):
+        m1 @ m2
+    rate = 4 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
+    print(f"fp32 matmul on this machine: {rate / 1e9:.0f} GFLOP/s -> LPIPS-{lp.net} at that rate would take "
+          f"{flops / rate:.2f} s (the floor of exact fp32 LPIPS here; the evaluation ran at "
+          f"{flops / max(lpips_s, 1e-9) / rate:.0%} of that rate)")
     g = torch.Generator().manual_seed(0)
     a, b = (torch.rand(views, 3, res, res, generator=g) for _ in range(2))
     times = {}
