@@ -109,7 +109,7 @@ def test_tiny_model_overfits_eight_views(one_thread):
         loss.backward()
         opt.step()
         sched.step()
-        psnr = -10.0 * math.log10(float(mse))
+        psnr = -10.0 * math.log10(float(mse.detach()))
         if step % 20 == 0:
             print(f"step {step}: PSNR {psnr:.2f} dB", flush=True)
         if psnr > TARGET_PSNR + 0.75:
