@@ -223,7 +223,10 @@ def eval_config(cfg: AblationConfig, spec: ablation.TrialSpec, n: int) -> EvalCo
                       run=f"{spec.name}-n{n}",
                       renders=str(renders), gt_cache=str(gt), local=True,
                       device="cuda" if cfg.use_gpu else "cpu", resolution=cfg.eval_resolution,
-                      lpips_net=cfg.lpips_net, quiet=True)
+                      lpips_net=cfg.lpips_net, quiet=True,
+                      # the ablation report compares variants with full, never with the reference
+                      # rows: they would double or triple every trial's evaluation for nothing
+                      baselines=False)
 
 
 def run_trial(cfg: AblationConfig, spec: ablation.TrialSpec) -> dict:

@@ -84,7 +84,13 @@ def test_select_variants_always_keeps_full_and_rejects_unknown_names():
 
 
 def test_stage_configs_carry_the_variant_and_the_shared_budget(tmp_path):
-    from geolrm_bench.pipelines.ablate import AblationConfig, stage1_config, stage1_dir, stage2_config
+    from geolrm_bench.pipelines.ablate import (
+        AblationConfig,
+        eval_config,
+        stage1_config,
+        stage1_dir,
+        stage2_config,
+    )
 
     cfg = AblationConfig(data=tmp_path, out=tmp_path / "run", steps=20, stage1_steps=30,
                          model_overrides=SMALL, train_config=["accumulate=1"])
@@ -99,6 +105,10 @@ def test_stage_configs_carry_the_variant_and_the_shared_budget(tmp_path):
         assert c2.fixed_input_views == (6 if t.variants[0] == "fixed_views" else None)
         m1, m2 = get_config("tiny", **c1.model_overrides), get_config("tiny", **c2.model_overrides)
         assert m1.proposal == m2.proposal and m1.use_plucker == m2.use_plucker and m1.use_rope == m2.use_rope
+        for n in t.eval_views:  # each variant's own weights, evaluated alone (no reference rows)
+            ec = eval_config(cfg, t, n)
+            assert ec.checkpoint.endswith(f"{t.name}/stage2") and ec.num_input_views == n
+            assert ec.baselines is False
     with pytest.raises(BenchError, match="fixed_input_views"):
         AblationConfig(data=tmp_path, out=tmp_path / "r", steps=2, train_config=["fixed_input_views=3"])
 
@@ -109,7 +119,12 @@ def test_every_variants_models_save_and_load_with_their_switch(tmp_path, one_thr
     stage-1 proposal (shared or its own)."""
     from geolrm_bench.model.checkpoint import save_pretrained
     from geolrm_bench.model.geolrm import GeoLRM
-    from geolrm_bench.pipelines.ablate import AblationConfig, stage1_config, stage1_dir, stage2_config
+    from geolrm_bench.pipelines.ablate import (
+        AblationConfig,
+        stage1_config,
+        stage1_dir,
+        stage2_config,
+    )
     from geolrm_bench.training.loop import build_model
 
     cfg = AblationConfig(data=tmp_path, out=tmp_path / "run", steps=2, model_overrides=SMALL)
