@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from geolrm_bench.errors import BenchError
 from geolrm_bench.methods import MethodSpec, resolve_model_source
 from geolrm_bench.model import weights as bundled_weights
 from geolrm_bench.model.config import PRESETS
@@ -97,7 +98,11 @@ class EvalConfig:
     def with_default_model(self) -> EvalConfig:
         """This config with the default-model rule applied
         (:func:`geolrm_bench.methods.resolve_model_source`: the bundled model when no
-        ``--checkpoint`` / ``--preset`` / ``--predictions``; BenchError when it is missing)."""
+        ``--checkpoint`` / ``--preset`` / ``--predictions``; BenchError when it is missing).
+        ``--predictions`` together with ``--checkpoint``/``--preset`` is a BenchError."""
+        if self.predictions and (self.checkpoint or self.preset):
+            raise BenchError("--predictions evaluates another method's outputs: do not combine with "
+                             "--checkpoint/--preset")
         checkpoint, preset = resolve_model_source(self.checkpoint, self.preset, self.predictions)
         return replace(self, checkpoint=checkpoint, preset=preset)
 

@@ -74,10 +74,7 @@ def run_eval(cfg: EvalConfig, evaluator: Evaluator | None = None,
     also carries the reference rows (:func:`run_baselines`); with ``cfg.pictures`` each object
     gets ``pictures/<object>.png`` and the run ``overview.png``."""
     log = log or (lambda s: None if cfg.quiet else print(s, flush=True))
-    if cfg.predictions and (cfg.checkpoint or cfg.preset):
-        raise BenchError("--predictions evaluates another method's outputs: do not combine with "
-                         "--checkpoint/--preset")
-    cfg = cfg.with_default_model()  # no --checkpoint/--preset/--predictions: the bundled model
+    cfg = cfg.with_default_model()  # none of --checkpoint/--preset/--predictions: the bundled model
     protocol, run_dir = cfg.protocol(), cfg.run_dir()
     check_outputs(cfg, run_dir)  # before any work: a bad --out / --renders is one line, exit 2
     sources, root = resolve_sources(cfg.dataset, cfg.root)
@@ -282,10 +279,7 @@ def run_sweep(cfg: EvalConfig, views: tuple[int, ...] = (4, 8, 12, 16, 20),
     Layout: ``<sweep>/renders``, ``<sweep>/gt``, ``<sweep>/n<N>/`` (each a full eval run), and
     ``<sweep>/summary.csv`` / ``summary.md`` / the three plots.
     """
-    if cfg.predictions and (cfg.checkpoint or cfg.preset):
-        raise BenchError("--predictions evaluates another method's outputs: do not combine with "
-                         "--checkpoint/--preset")
-    cfg = cfg.with_default_model()  # no --checkpoint/--preset/--predictions: the bundled model
+    cfg = cfg.with_default_model()  # none of --checkpoint/--preset/--predictions: the bundled model
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.method_name())
     sweep_name = cfg.run or f"sweep-{cfg.dataset_name()}-{safe}"
     sweep_dir = Path(cfg.out) if cfg.out else Path("reports") / sweep_name

@@ -73,3 +73,15 @@ def test_every_method_has_the_one_predict_signature():
     spec = methods.MethodSpec(preset="tiny", device="cpu", threads=2)
     assert "device" not in spec.identity() and "threads" not in spec.identity()
     assert dataclasses.replace(spec, threads=None).identity() == spec.identity()
+
+
+@pytest.mark.parametrize("model", [{"preset": "tiny"}, {"checkpoint": "x.ckpt"}])
+def test_predictions_with_a_model_is_one_error_for_eval_and_sweep(tmp_path, model):
+    from geolrm_bench.errors import BenchError
+    from geolrm_bench.pipelines.evaluate import run_eval, run_sweep
+
+    cfg = EvalConfig(dataset="sample", predictions=str(tmp_path), out=str(tmp_path / "run"), **model)
+    for run in (run_eval, run_sweep):
+        with pytest.raises(BenchError, match="do not combine with --checkpoint/--preset"):
+            run(cfg)
+    assert not (tmp_path / "run").exists()  # refused before any output was made
