@@ -9,12 +9,14 @@ output) on the CPU, split into stages (the record's stage times, also in ``per_o
 - set-up (once per run): building the model and the LPIPS network.
 
 Issue 12's goal is at most 10 s per object at 512 px; NOT met on the 2-core development machine.
-Measured there, idle (load < 1), bundled model, 4096 Gaussians: 12.7 s per object, of which
-LPIPS-VGG on the 4 test views 7.9 s, rendering the 40 views 2.4 s, test-view rasterization 1.05 s,
-the model 0.28 s, loading 0.16 s, PSNR+SSIM 0.21 s, Chamfer/F-score 0.07 s, picture 0.25 s.
+Measured there, idle (load < 1), bundled model, 4096 Gaussians: 11.6-12.7 s per object (two runs),
+of which LPIPS-VGG on the 4 test views 7.7-7.9 s, rendering the 40 views 2.4 s, test-view
+rasterization 1.05 s, the model 0.28 s, loading 0.16 s, PSNR+SSIM 0.21 s, Chamfer/F-score 0.07 s,
+picture 0.25 s.
 LPIPS-VGG is 1.28 TFLOP here (VGG-16's 13 convolutions at 512^2 on 8 images; printed below) and
-ran at 162 GFLOP/s, 94% of the same run's fp32 matmul rate (172 GFLOP/s): exact fp32 LPIPS-VGG
-alone needs about 7.5 s on these 2 cores, so with rendering the 10 s goal is out of reach without
+ran at 162-167 GFLOP/s, 94-96% of the same run's fp32 matmul rate (172-175 GFLOP/s; 2048^2
+matrices): exact fp32 LPIPS-VGG alone takes about 7.7 s on these 2 cores, and with the rest of
+the evaluation (about 4 s, rendering 2.4 s of it) the 10 s goal is out of reach without
 changing the metric (``--lpips-net alex`` is the fast, different one). Before commit cf952a7
 (LPIPS in channels-last: 1.24x measured below; the Ray model actor on every core instead of
 CPU - 1, i.e. 1 thread on 2 cores) an object took 35-50 s inside ``make eval-gso`` (load 3-6). The
@@ -77,15 +79,13 @@ def print_lpips_costs(lp, res: int, lpips_s: float, views: int = 4) -> None:
     print(f"LPIPS-{lp.net}: {flops / 1e9:.0f} GFLOP for {views} test views at {res} px "
           f"(prediction + ground truth through the trunk); in the evaluation {lpips_s:.2f} s = "
           f"{flops / 1e9 / max(lpips_s, 1e-9):.0f} GFLOP/s on {torch.get_num_threads()} thread(s)")
-    m1, m2 = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    m1 @ m2  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(4):
-        m1 @ m2
-    rate = 4 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
-    print(f"fp32 matmul on this machine: {rate / 1e9:.0f} GFLOP/s -> LPIPS-{lp.net} at that rate would take "
-          f"{flops / rate:.2f} s (the floor of exact fp32 LPIPS here; the evaluation ran at "
-          f"{flops / max(lpips_s, 1e-9) / rate:.0%} of that rate)")
+    from geolrm_bench.bench.train import matmul_gflops
+
+    rate = matmul_gflops(n=2048, reps=4) * 1e9
+    print(f"fp32 matmul on this machine: {rate / 1e9:.0f} GFLOP/s -> LPIPS-{lp.net} at that rate: "
+          f"{flops / rate:.2f} s (the evaluation's convolutions ran at "
+          f"{flops / max(lpips_s, 1e-9) / rate:.0%} of it: a reference for the cores' fp32 rate, "
+          "not a strict bound)")
     g = torch.Generator().manual_seed(0)
     a, b = (torch.rand(views, 3, res, res, generator=g) for _ in range(2))
     times = {}
