@@ -271,17 +271,6 @@ def _pm(v: float, h: float, digits: int = 2) -> str:
     return f"{v:.{digits}f} ± {h:.{digits}f}" if np.isfinite(h) else f"{v:.{digits}f}"
 
 
-def _verdict(d: float, h: float, paper_d: float) -> str:
-    """Does our difference to full agree in sign with the paper's, and does the interval exclude 0?"""
-    if not np.isfinite(d) or not np.isfinite(paper_d):
-        return "–"
-    same = np.sign(d) == np.sign(paper_d) or paper_d == 0
-    decided = np.isfinite(h) and abs(d) > h
-    if not decided:
-        return "interval includes 0: no conclusion"
-    return "same direction as the paper" if same else "OPPOSITE direction to the paper"
-
-
 def _classify(d: float, h: float, paper_d: float) -> str | None:
     """``agree`` / ``opposite`` (our interval excludes 0) or ``noise``; None without a paper Δ."""
     if not np.isfinite(d) or not np.isfinite(paper_d):
@@ -289,6 +278,16 @@ def _classify(d: float, h: float, paper_d: float) -> str | None:
     if not (np.isfinite(h) and abs(d) > h):
         return "noise"
     return "agree" if (np.sign(d) == np.sign(paper_d) or paper_d == 0) else "opposite"
+
+
+_VERDICTS = {None: "–", "noise": "interval includes 0: no conclusion",
+             "agree": "same direction as the paper", "opposite": "OPPOSITE direction to the paper"}
+
+
+def _verdict(d: float, h: float, paper_d: float) -> str:
+    """Table text of :func:`_classify`: does our difference to full agree in sign with the paper's,
+    and does the interval exclude 0?"""
+    return _VERDICTS[_classify(d, h, paper_d)]
 
 
 def reproduction_findings(summary: pd.DataFrame, same_as_full: Sequence[str] = ()) -> list[str]:
