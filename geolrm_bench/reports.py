@@ -236,11 +236,14 @@ def sweep_findings(records_by_n: dict[int, list[dict]], paper: pd.DataFrame | No
 
 def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], config: dict,
                      paper: pd.DataFrame | None = None, paper_note: str = "",
-                     warnings: Sequence[str] = (), pictures: Sequence[tuple[str, str]] = ()) -> str:
+                     warnings: Sequence[str] = (), pictures: Sequence[tuple[str, str]] = (),
+                     findings: tuple[str, Sequence[str]] | None = None) -> str:
     """The text of ``summary.md``: what the model is first (the bundled model's one-sentence
     description, or a warning when the weights are not the paper's), then mean ± CI95 per
     metric with the baselines' rows, the paper's rows beside ours, the protocol and the view
-    indices, and links to the qualitative pictures (``pictures``: ``(object, relative path)``)."""
+    indices, and links to the qualitative pictures (``pictures``: ``(object, relative path)``).
+    ``findings``: ``(title, sentences)`` of a section placed before the protocol (the sweep's
+    :func:`sweep_findings`)."""
     lines: list[str] = []
     models = model_rows(summary)
     flagged = models[models["not_paper_model"].astype(bool)] if "not_paper_model" in models else models
@@ -322,6 +325,8 @@ def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], confi
                   "error (rows, top to bottom). All objects: [overview.png](overview.png).", "",
                   "![overview](overview.png)", "",
                   " · ".join(f"[{name}]({rel})" for name, rel in pictures)]
+    if findings and findings[1]:
+        lines += ["", f"## {findings[0]}", ""] + [f"- {f}" for f in findings[1]]
     lines += ["", "## Protocol", ""] + [f"- {p}" for p in protocol_lines]
     return "\n".join(lines) + "\n"
 

@@ -311,12 +311,9 @@ def run_sweep(cfg: EvalConfig, views: tuple[int, ...] = (4, 8, 12, 16, 20),
     proto_lines = cfg.protocol().describe(cfg.lpips_net)
     proto_lines[1] = "Input views per N (floor(i*24/N + 0.5) among orbit views 0-23): " + "; ".join(
         f"N={n}: {', '.join(map(str, input_view_ids(n)))}" for n in views) + "."
-    md = reports.summary_markdown(summary, proto_lines, {**base, "run": sweep_name}, table3, note)
     findings = reports.sweep_findings({n: r.records for n, r in zip(views, results)}, table3)
-    if findings:  # the answers to Table 3's questions, before the protocol
-        section = "## What the sweep shows\n\n" + "".join(f"- {f}\n" for f in findings) + "\n"
-        md = (md.replace("## Protocol", section + "## Protocol", 1) if "## Protocol" in md
-              else md + "\n" + section)
+    md = reports.summary_markdown(summary, proto_lines, {**base, "run": sweep_name}, table3, note,
+                                  findings=("What the sweep shows", findings))
     write_text_atomic(sweep_dir / "summary.md", md)
     write_json_atomic(sweep_dir / "config.json", {**base, "run": sweep_name, "views": list(views),
                                                    "runs": [str(r.run_dir) for r in results]})

@@ -140,3 +140,10 @@ def test_sweep_findings_pair_objects_and_state_time_and_memory_growth():
            "the paper's GeoLRM: 0.51 -> 1.16 (2.27x)" in text
     assert "peak memory: 1.00 GiB at N=4, 2.00 GiB at N=12 (2.00x); the paper's GeoLRM: 4.30 -> 6.96" in text
     assert reports.sweep_findings({4: by_n[4]}) == []
+    # the sweep's summary places them in their own section before the protocol
+    s = reports.summarize(_per_object(), "GeoLRM", "gso", 4, "random")
+    md = reports.summary_markdown(s, ["protocol line"], {"run": "r"},
+                                  findings=("What the sweep shows", lines))
+    assert md.index("## What the sweep shows") < md.index("## Protocol")
+    assert f"- {lines[0]}\n" in md
+    assert "## What" not in reports.summary_markdown(s, ["p"], {"run": "r"}, findings=("What", []))
