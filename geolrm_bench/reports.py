@@ -246,12 +246,12 @@ def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], confi
     :func:`sweep_findings`)."""
     lines: list[str] = []
     models = model_rows(summary)
+    has_baselines = len(models) < len(summary)
     flagged = models[models["not_paper_model"].astype(bool)] if "not_paper_model" in models else models
     bundled = flagged[flagged["checkpoint_kind"].astype(str) == str(CheckpointKind.BUNDLED)] \
         if "checkpoint_kind" in flagged else flagged.iloc[:0]
     if len(bundled):
         desc = config.get("model_description") or "Bundled GeoLRM; not the paper's model"
-        has_baselines = "role" in summary.columns and bool((summary["role"] == "baseline").any())
         lines.append(f"> **{desc}.** The toolkit's own small model, trained here: compare it with the "
                      + ("baseline rows" if has_baselines else "baseline rows of an evaluation run with "
                         "baselines (this run has none)") + ", not with the paper's numbers.")
@@ -310,7 +310,7 @@ def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], confi
                          f"{_fmt(r['chamfer_unitbox_ci95'], 4)}, "
                          f"fscore_unitbox {_fmt(r['fscore_unitbox'], 3)} ± "
                          f"{_fmt(r['fscore_unitbox_ci95'], 3)}.")
-    if "role" in summary.columns and (summary["role"] == "baseline").any():
+    if has_baselines:
         lines.append("Baseline rows, on the same objects and views: `random weights` = the same preset with "
                      "random (seeded) weights; `nearest input view` = each test view predicted by the input "
                      "view whose camera direction from the object centre is closest (no geometry). A model "

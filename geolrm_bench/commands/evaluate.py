@@ -60,10 +60,12 @@ def exit_code(results) -> int:
 def _print_summary(summary) -> None:
     from tabulate import tabulate
 
+    from geolrm_bench.reports import model_rows
+
     cols = ["method", "dataset", "num_input_views", "num_objects", "psnr", "ssim", "lpips", "chamfer",
             "fscore", "inference_s", "memory_gb"]
     print(tabulate(summary[cols], headers="keys", showindex=False, floatfmt=".4g"))
-    models = summary[summary["role"] != "baseline"] if "role" in summary.columns else summary
+    models = model_rows(summary)
     kinds = set(models["checkpoint_kind"].astype(str)) if "checkpoint_kind" in models.columns else set()
     if kinds == {"bundled"}:
         has_baselines = len(models) < len(summary)
