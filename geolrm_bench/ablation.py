@@ -334,7 +334,7 @@ def reproduction_findings(summary: pd.DataFrame, same_as_full: Sequence[str] = (
                    + ("Reproduced." if worst["variant"] == "no_high_level" else "Not reproduced."))
     t5 = six[six["table"] == 5].copy()
     if len(t5) > 1:
-        t5["points"] = t5["variant"].str.replace("points_", "", regex=False).astype(int)
+        t5["points"] = [BY_NAME[v].recon_points for v in t5["variant"]]
         t5 = t5.sort_values("points")
         vals = t5["psnr"].to_numpy(dtype=np.float64)
         rising = bool(np.all(np.diff(vals) > 0))
