@@ -67,6 +67,7 @@ TUNE_DIR = "tune"
 PLAN_FILE = "ablation.json"
 RESULT_FILE = "result.json"
 STARTS_FILE = "starts.log"  # one line per start of a trial (tests count them)
+STAMP = "%Y-%m-%dT%H:%M:%SZ"  # UTC time at the start of each starts.log line
 #: TrainConfig fields an ablation sets itself (per variant or shared); --train-config may not
 RESERVED = ("stage", "data", "out", "preset", "model_overrides", "init", "proposal", "seed",
             "fixed_input_views", "steps", "num_workers", "address", "use_gpu")
@@ -236,7 +237,7 @@ def run_trial(cfg: AblationConfig, spec: ablation.TrialSpec) -> dict:
     tdir = trial_dir(cfg, spec)
     tdir.mkdir(parents=True, exist_ok=True)
     with open(tdir / STARTS_FILE, "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} pid {os.getpid()}\n")
+        f.write(f"{time.strftime(STAMP, time.gmtime())} pid {os.getpid()}\n")
     if not cfg.use_gpu:
         torch.set_num_threads(cfg.threads)
     s1, train_s1 = stage1_dir(cfg, spec)
@@ -411,7 +412,7 @@ def trials_span_s(cfg: AblationConfig, trials: list[ablation.TrialSpec]) -> floa
         tdir = trial_dir(cfg, t)
         try:
             first = (tdir / STARTS_FILE).read_text().split(maxsplit=1)[0]
-            starts.append(calendar.timegm(time.strptime(first, "%Y-%m-%dT%H:%M:%SZ")))
+            starts.append(calendar.timegm(time.strptime(first, STAMP)))
             ends.append((tdir / RESULT_FILE).stat().st_mtime)
         except (OSError, IndexError, ValueError):
             return math.nan
