@@ -2,9 +2,9 @@
 
 The run's options are :class:`geolrm_bench.eval_config.EvalConfig`.
 
-1. :func:`prepare_object` (CPU): render the object's 40 GObjaverse views into the render cache
-   unless present, sample the ground-truth surface points into the GT cache ->
-   :class:`PreparedObject`.
+1. :func:`prepare_object` (CPU): render the views the protocol reads (inputs + test views, of
+   the GObjaverse 40) into the render cache unless present, sample the ground-truth surface
+   points into the GT cache -> :class:`PreparedObject`.
 2. :class:`Evaluator` (the one model actor): a :class:`geolrm_bench.methods.Method` and one
    LPIPS network, built once; ``predict`` -> :class:`MethodOutput` (test views, points, cost,
    LPIPS per view).
@@ -118,9 +118,14 @@ def gt_cache_path(gt_root: str | Path, name: str, protocol: Protocol) -> Path:
 
 
 def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol: Protocol) -> PreparedObject:
-    """Render the object's 40 views into ``renders_root`` (unless present at the protocol's
-    resolution) and cache its ground-truth surface points (GT frame, ``[num_gt_points, 3]``
-    float64) under ``gt_root``. Never raises: a bad object is a failed :class:`PreparedObject`."""
+    """Render the object into ``renders_root`` unless the cache holds the protocol's views
+    (:meth:`Protocol.used_views`) at its resolution, and cache its ground-truth surface points
+    (GT frame, ``[num_gt_points, 3]`` float64) under ``gt_root``. Never raises: a bad object is a
+    failed :class:`PreparedObject`.
+
+    Only the views the protocol reads are rendered (10 of 40 at N = 6: a quarter of the
+    rendering time); a cached render at the same resolution that lacks some of them (another N
+    of a sweep) is replaced by all 40 views once, so later protocols always find theirs."""
     prep = PreparedObject(name=src.name)
     try:
         asset = None
@@ -129,12 +134,13 @@ def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol:
             asset = _asset_from_render_metadata(Path(src.render_dir), prep.warnings)
         else:
             object_dir = Path(renders_root) / src.name  # render_object writes <root>/<asset.name>
-            if _cached_resolution(object_dir) != protocol.resolution:  # absent, or another resolution
+            views = _views_to_render(object_dir, protocol)
+            if views is None or views:
                 from geolrm_bench import rendering  # pyrender/OpenGL: only when something is rendered
 
                 asset = src.ref.load()
                 t0 = time.perf_counter()
-                object_dir = Path(rendering.render_object(asset, renders_root,
+                object_dir = Path(rendering.render_object(asset, renders_root, views=views,
                                                           resolution=protocol.resolution))
                 prep.render_s = time.perf_counter() - t0
             prep.object_dir = str(object_dir)
@@ -168,12 +174,20 @@ def prepare_object(src: ObjectSource, renders_root: str, gt_root: str, protocol:
     return prep
 
 
-def _cached_resolution(object_dir: Path) -> int | None:
-    """Resolution recorded in a cached render's metadata.json (None: no complete render)."""
+def _views_to_render(object_dir: Path, protocol: Protocol) -> list[int] | None:
+    """What :func:`prepare_object` renders for ``object_dir``: ``[]`` nothing (its cached render,
+    read from ``metadata.json``, has the protocol's views at its resolution), ``None`` all 40
+    (a render at this resolution lacking some of them), else the protocol's views (no usable
+    render: absent, unreadable, or another resolution)."""
     try:
-        return int(read_json(object_dir / "metadata.json").get("resolution"))
+        meta = read_json(object_dir / "metadata.json")
+        resolution = int(meta.get("resolution"))
+        cached = {int(v) for v in meta.get("views", range(gobjaverse.NUM_VIEWS))}
     except (BenchError, TypeError, ValueError, AttributeError):
-        return None
+        return protocol.used_views
+    if resolution != protocol.resolution:
+        return protocol.used_views
+    return [] if cached.issuperset(protocol.used_views) else None
 
 
 def _asset_from_render_metadata(object_dir: Path, warnings: list[str]):

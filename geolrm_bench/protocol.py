@@ -135,6 +135,11 @@ class Protocol:
             if not 0 <= v < NUM_VIEWS:
                 raise BenchError(f"view index {v} outside 0..{NUM_VIEWS - 1}")
 
+    @property
+    def used_views(self) -> list[int]:
+        """The views an evaluation reads (inputs and test views), sorted: what a render needs."""
+        return sorted({*self.input_views, *self.test_views})
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["background"] = list(self.background)

@@ -95,7 +95,7 @@ class ObjectRecord:
     run_key: str | None = None
     num_input_views: int | None = None
     views: list[dict] = field(default_factory=list)  # {view, psnr, ssim, lpips} per test view
-    render_s: float | None = None  # rendering the 40 views + sampling GT points (0 when cached)
+    render_s: float | None = None  # rendering the views used + sampling GT points (0 when cached)
     warnings: list[str] | None = None
     psnr: float | None = None
     ssim: float | None = None

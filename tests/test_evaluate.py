@@ -105,7 +105,11 @@ def test_end_to_end_tiny_ray_then_resume(meshes, tmp_path):
     assert bool(summary["not_paper_model"].iloc[0]) and not bool(summary["paper_model"].iloc[0])
     md = (run / "summary.md").read_text()
     assert md.startswith("> **NOT THE PAPER'S MODEL**") and "28, 31, 34, 37" in md
-    assert (run / "renders" / "ball" / "00039" / "00039.png").exists()
+    # only the views the protocol reads were rendered (6 inputs + 4 test views of the 40)
+    rmeta = json.loads((run / "renders" / "ball" / "metadata.json").read_text())
+    assert rmeta["views"] == [0, 4, 8, 12, 16, 20, *TEST_VIEWS]
+    assert (run / "renders" / "ball" / "00037" / "00037.png").exists()
+    assert not (run / "renders" / "ball" / "00039").exists()
 
     # resume: delete one object's record; only it (and the failed one) is redone
     keep = run / "objects" / "box.json"
@@ -240,6 +244,32 @@ def test_sweep_views_two_n(renders, tmp_path):
     for p in ("psnr_vs_views.png", "ssim_vs_views.png", "time_memory_vs_views.png", "summary.md"):
         assert (out / p).exists()
     assert not (out / "renders").exists()  # the dataset was already renders: reused, not copied
+
+
+def test_render_cache_policy(tmp_path):
+    """What prepare_object renders, from a cached render's metadata.json: nothing when it has
+    the protocol's views at its resolution, the protocol's views when there is no usable render,
+    all 40 when a render at this resolution lacks some (the next N of a sweep)."""
+    from geolrm_bench.evaluation import _views_to_render
+    from geolrm_bench.protocol import Protocol
+
+    p6 = Protocol(num_input_views=6, resolution=RES)
+    used = [0, 4, 8, 12, 16, 20, 28, 31, 34, 37]
+    assert p6.used_views == used
+    obj = tmp_path / "obj"
+    assert _views_to_render(obj, p6) == used  # absent
+    obj.mkdir()
+    (obj / "metadata.json").write_text("{not json")
+    assert _views_to_render(obj, p6) == used  # unreadable
+    (obj / "metadata.json").write_text(json.dumps({"resolution": 2 * RES, "views": list(range(40))}))
+    assert _views_to_render(obj, p6) == used  # another resolution
+    (obj / "metadata.json").write_text(json.dumps({"resolution": RES, "views": used}))
+    assert _views_to_render(obj, p6) == []  # exactly these views
+    assert _views_to_render(obj, Protocol(input_views=[0, 8, 16], resolution=RES)) == []  # a subset
+    p4 = Protocol(num_input_views=4, resolution=RES)  # inputs 0, 6, 12, 18: 6 and 18 not cached
+    assert _views_to_render(obj, p4) is None  # -> all 40 once
+    (obj / "metadata.json").write_text(json.dumps({"resolution": RES, "views": list(range(40))}))
+    assert _views_to_render(obj, p4) == []
 
 
 def test_stale_records_are_redone(tmp_path):
