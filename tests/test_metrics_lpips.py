@@ -129,15 +129,28 @@ def test_torchvision_hub_file_is_preferred(monkeypatch, tmp_path):
 
 
 @needs_weights
-def test_channels_last_layout_gives_the_plain_layouts_distances():
-    # the CPU metric runs in channels-last; upstream's computation is plain NCHW: same numbers
+@pytest.mark.parametrize("net", ["vgg", "alex"])
+def test_our_forward_gives_upstreams_distances(net):
+    # The CPU metric runs channels-last, VGG's wide layers by Winograd, the trunk slice by slice
+    # with each layer's term taken in blocks of pixels (layer_distance); upstream's
+    # lpips.LPIPS.forward is plain NCHW, direct convolutions, all layers at once: the same
+    # numbers. 40 px: AlexNet's last maps are 1x1 and VGG's 2x2; the block size is cut to 100
+    # pixels so the blocks have a ragged end.
     rng = np.random.default_rng(1)
-    a = torch.from_numpy(rng.random((2, 3, 64, 64), dtype=np.float32))
-    b = (a + 0.3 * torch.from_numpy(rng.random((2, 3, 64, 64), dtype=np.float32))).clamp(0, 1)
-    metric = LPIPS("vgg")
+    a = torch.from_numpy(rng.random((2, 3, 40, 40), dtype=np.float32))
+    b = (a + 0.3 * torch.from_numpy(rng.random((2, 3, 40, 40), dtype=np.float32))).clamp(0, 1)
+    metric = LPIPS(net)
     assert metric._channels_last
     d = metric(a, b)
-    plain = metric._model.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        h0 = metric._model.scaling_layer(a * 2 - 1).contiguous(memory_format=torch.channels_last)
+        h1 = metric._model.scaling_layer(b * 2 - 1).contiguous(memory_format=torch.channels_last)
+        f0, f1 = metric._model.net.slice1(h0), metric._model.net.slice1(h1)
+        w = metric._model.lins[0].model[-1].weight
+        np.testing.assert_allclose(lpips_mod.layer_distance(f0, f1, w, rows=100).numpy(),
+                                   lpips_mod.layer_distance(f0, f1, w).numpy(), rtol=1e-6)
+    assert metric.winograd_layers == (8 if net == "vgg" else 0)  # VGG's 256- and 512-channel layers
+    plain = lpips_mod.build_lpips_network(net)  # upstream's network as built: NCHW, direct convolutions
     with torch.no_grad():
         ref = plain(a * 2 - 1, b * 2 - 1).flatten().double()
     np.testing.assert_allclose(d.numpy(), ref.numpy(), rtol=1e-5, atol=1e-7)

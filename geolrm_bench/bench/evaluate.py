@@ -2,26 +2,27 @@
 model (``tiny`` preset; random ``tiny`` weights when the bundled folder is absent, said in the
 output) on the CPU, split into stages (the record's stage times, also in ``per_object.csv``):
 
-- rendering: 40 GObjaverse views (pyrender, OSMesa) + 16,000 ground-truth surface points;
+- rendering: the 10 GObjaverse views the protocol reads (6 inputs + 4 test views; pyrender,
+  OSMesa) + 16,000 ground-truth surface points;
 - reconstruction: loading the views + the model (image encoding to Gaussians; the paper's
   "inference time" is this part alone, printed separately) + rasterizing the 4 test views;
 - metrics: PSNR, SSIM, LPIPS-VGG at the test views, Chamfer + F-score (both frames);
 - set-up (once per run): building the model and the LPIPS network.
 
-Issue 12's goal is at most 10 s per object at 512 px; NOT met on the 2-core development machine.
-Measured there, idle (load < 1), bundled model, 4096 Gaussians: 11.6-12.7 s per object (two runs),
-of which LPIPS-VGG on the 4 test views 7.7-7.9 s, rendering the 40 views 2.4 s, test-view
-rasterization 1.05 s, the model 0.28 s, loading 0.16 s, PSNR+SSIM 0.21 s, Chamfer/F-score 0.07 s,
-picture 0.25 s.
-LPIPS-VGG is 1.28 TFLOP here (VGG-16's 13 convolutions at 512^2 on 8 images; printed below) and
-ran at 162-167 GFLOP/s, 94-96% of the same run's fp32 matmul rate (172-175 GFLOP/s; 2048^2
-matrices): exact fp32 LPIPS-VGG alone takes about 7.7 s on these 2 cores, and with the rest of
-the evaluation (about 4 s, rendering 2.4 s of it) the 10 s goal is out of reach without
-changing the metric (``--lpips-net alex`` is the fast, different one). Before commit cf952a7
-(LPIPS in channels-last: 1.24x measured below; the Ray model actor on every core instead of
-CPU - 1, i.e. 1 thread on 2 cores) an object took 35-50 s inside ``make eval-gso`` (load 3-6). The
-baselines (random weights, nearest view) are not part of this number (``baselines=False``).
+Issue 12's goal is at most 10 s per object at 512 px. History on the 2-core development machine
+(idle, bundled model, 4096 Gaussians):
 
+- 35-50 s inside ``make eval-gso`` (load 3-6) before commit cf952a7, whose Ray model actor ran
+  on CPU - 1 = 1 thread on 2 cores;
+- 11.6-13.0 s after it (LPIPS channels-last: 1.25x), of which LPIPS-VGG 7.7-8.9 s (1.28 TFLOP of
+  direct convolutions at 94-96% of the fp32 matmul rate) and rendering all 40 views 2.4-2.6 s;
+- now (goal met): only the 10 views used are rendered (0.85 s); LPIPS-VGG computes its 8 layers
+  with 256 or 512 input channels by Winograd's F(4x4, 3x3) (:mod:`geolrm_bench.metrics.winograd`,
+  4x fewer multiply-adds there) and each layer's distance term in one cache-sized pass; both
+  change the distances by < 1e-7 (tested against upstream's forward). Measured: 8.6 s per object,
+  LPIPS-VGG 5.7 s; the three ways of computing LPIPS are timed below on the same images.
+
+The baselines (random weights, nearest view) are not part of this number (``baselines=False``).
 Runs in-process (``local``), no Ray, at the protocol's 512 px (``GEOLRM_BENCH_QUICK=1``: 256 px).
 The object is a procedurally made vertex-coloured mesh (a sphere on a box, about 2.6k faces).
 """
@@ -49,15 +50,23 @@ def _make_object(folder: Path) -> Path:
     return folder
 
 
-def trunk_conv_flops(trunk, height: int, width: int) -> float:
+def trunk_conv_flops(trunk, height: int, width: int, winograd: bool = False) -> float:
     """FLOPs (2 per multiply-add) of the LPIPS trunk's convolutions on ONE image of
     ``height x width``: walks the modules in order; a Conv2d costs 2*Cin*Cout*kh*kw*Hout*Wout,
-    a max-pool halves H and W (the VGG-16 / AlexNet feature stacks LPIPS slices)."""
+    a max-pool halves H and W (the VGG-16 / AlexNet feature stacks LPIPS slices). A
+    :class:`~geolrm_bench.metrics.winograd.WinogradConv2d` counts as the 3x3 convolution it
+    computes, or with ``winograd`` as its matrix products alone (36 per 4x4 output tile instead
+    of 144 per-pixel multiply-adds: a quarter; the tile transforms are not counted)."""
     import torch
+
+    from geolrm_bench.metrics.winograd import WinogradConv2d
 
     flops, h, w = 0.0, height, width
     for m in trunk.modules():
-        if isinstance(m, torch.nn.Conv2d):
+        if isinstance(m, WinogradConv2d):
+            full = 2.0 * m.in_channels * m.out_channels * 9 * h * w
+            flops += 2.0 * m.in_channels * m.out_channels * 36 * -(-h // 4) * -(-w // 4) if winograd else full
+        elif isinstance(m, torch.nn.Conv2d):
             kh, kw = m.kernel_size
             (sh, sw), (ph, pw) = m.stride, m.padding
             h, w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
@@ -71,35 +80,44 @@ def trunk_conv_flops(trunk, height: int, width: int) -> float:
 
 def print_lpips_costs(lp, res: int, lpips_s: float, views: int = 4) -> None:
     """LPIPS-VGG's arithmetic at ``res`` (2 x ``views`` images through the trunk), the rate the
-    evaluation achieved, and the channels-last layout against the plain one, measured here in
-    one run on the same random images (ratio > 1: channels-last is faster)."""
+    evaluation achieved, and three ways of computing the same distances, timed here in one run
+    on the same random images: upstream's forward on plain NCHW tensors, channels-last, and
+    channels-last with Winograd's F(4x4, 3x3) in the wide layers (what the evaluation uses)."""
     import torch
 
+    from geolrm_bench.metrics.lpips import LPIPS
+
     flops = 2 * views * trunk_conv_flops(lp._model.net, res, res)
-    print(f"LPIPS-{lp.net}: {flops / 1e9:.0f} GFLOP for {views} test views at {res} px "
-          f"(prediction + ground truth through the trunk); in the evaluation {lpips_s:.2f} s = "
-          f"{flops / 1e9 / max(lpips_s, 1e-9):.0f} GFLOP/s on {torch.get_num_threads()} thread(s)")
+    wflops = 2 * views * trunk_conv_flops(lp._model.net, res, res, winograd=True)
+    print(f"LPIPS-{lp.net}: {flops / 1e9:.0f} GFLOP of direct convolutions for {views} test views at "
+          f"{res} px (prediction + ground truth through the trunk); with Winograd in "
+          f"{lp.winograd_layers} layers {wflops / 1e9:.0f} GFLOP of matrix products (+ tile transforms). "
+          f"In the evaluation {lpips_s:.2f} s = {flops / 1e9 / max(lpips_s, 1e-9):.0f} GFLOP/s "
+          f"direct-equivalent on {torch.get_num_threads()} thread(s)")
     from geolrm_bench.bench.train import matmul_gflops
 
     rate = matmul_gflops(n=2048, reps=4) * 1e9
-    print(f"fp32 matmul on this machine: {rate / 1e9:.0f} GFLOP/s -> LPIPS-{lp.net} at that rate: "
-          f"{flops / rate:.2f} s (the evaluation's convolutions ran at "
-          f"{flops / max(lpips_s, 1e-9) / rate:.0%} of it: a reference for the cores' fp32 rate, "
-          "not a strict bound)")
+    print(f"fp32 matmul on this machine: {rate / 1e9:.0f} GFLOP/s -> direct LPIPS-{lp.net} at that rate: "
+          f"{flops / rate:.2f} s (a reference for the cores' fp32 rate, not a strict bound)")
     g = torch.Generator().manual_seed(0)
-    a, b = (torch.rand(views, 3, res, res, generator=g) for _ in range(2))
-    times = {}
-    for layout in ("channels_last", "contiguous"):
-        fmt = getattr(torch, "channels_last" if layout == "channels_last" else "contiguous_format")
-        net = lp._model.to(memory_format=fmt)
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            net(a.contiguous(memory_format=fmt) * 2 - 1, b.contiguous(memory_format=fmt) * 2 - 1)
-            times[layout] = time.perf_counter() - t0
-    lp._model.to(memory_format=torch.channels_last if lp._channels_last else torch.contiguous_format)
-    print(f"LPIPS layout: plain NCHW {times['contiguous']:.2f} s, "
-          f"channels-last {times['channels_last']:.2f} s "
-          f"(speed-up {times['contiguous'] / times['channels_last']:.2f}x, same images, same run)")
+    a = torch.rand(views, 3, res, res, generator=g)
+    b = (a + 0.2 * torch.rand(views, 3, res, res, generator=g)).clamp(0, 1)
+    direct = LPIPS(lp.net, winograd=False)
+    times, dist = {}, {}
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        plain = direct._model.to(memory_format=torch.contiguous_format)
+        dist["upstream"] = plain(a * 2 - 1, b * 2 - 1).flatten().double()
+        times["upstream"] = time.perf_counter() - t0
+    direct._model.to(memory_format=torch.channels_last)
+    for name, metric in (("channels-last", direct), ("channels-last + Winograd", lp)):
+        t0 = time.perf_counter()
+        dist[name] = metric(a, b)
+        times[name] = time.perf_counter() - t0
+    diff = (dist["channels-last + Winograd"] - dist["upstream"]).abs().max().item()
+    print("LPIPS ways, same images, same run: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
+          + f" (speed-up over upstream {times['upstream'] / times['channels-last + Winograd']:.2f}x; "
+          f"largest distance difference {diff:.1e})")
 
 
 def main() -> None:
@@ -128,7 +146,7 @@ def main() -> None:
         raise RuntimeError(f"evaluation failed: {rec['error']}")
     g = lambda k: float(rec.get(k) or 0.0)  # noqa: E731
     rows = [
-        ["rendering (40 views + GT points)", g("render_s")],
+        ["rendering (the 10 views used + GT points)", g("render_s")],
         ["- of which GT surface points", g("gt_points_s")],
         ["reconstruction (load + model + test-view raster)", g("reconstruct_s")],
         ["- loading the input views + test cameras", g("load_s")],
