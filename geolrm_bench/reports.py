@@ -234,16 +234,47 @@ def sweep_findings(records_by_n: dict[int, list[dict]], paper: pd.DataFrame | No
     return out
 
 
+# (column of per_object.csv, label) of the evaluation's stages; sub-stages start with "- "
+STAGE_COLUMNS = (
+    ("render_s", "rendering the views used + ground-truth points (0 when cached)"),
+    ("reconstruct_s", "reconstruction: loading + model + test-view rasterization"),
+    ("inference_s", "- the model alone (the paper's inference time)"),
+    ("raster_s", "- test-view rasterization"),
+    ("metrics_s", "metrics: PSNR, SSIM, LPIPS, Chamfer / F-score"),
+    ("lpips_s", "- LPIPS"),
+    ("picture_s", "qualitative picture"),
+)
+TOTAL_STAGES = ("render_s", "reconstruct_s", "metrics_s", "picture_s")  # they add up to one object
+
+
+def stage_time_lines(per_object: pd.DataFrame) -> list[str]:
+    """A Markdown table of where an evaluation's time went: per stage (:data:`STAGE_COLUMNS`)
+    the mean and the range over the objects with status ok, and the whole object (the sum of
+    :data:`TOTAL_STAGES`; bookkeeping between stages not included). Empty when the records hold
+    no stage times (e.g. reports of older runs)."""
+    ok = per_object[per_object["status"] == "ok"] if "status" in per_object else per_object
+    have = [(c, label) for c, label in STAGE_COLUMNS if c in ok and ok[c].notna().any()]
+    if not len(ok) or not all(c in ok for c in TOTAL_STAGES):
+        return []
+    total = ok[list(TOTAL_STAGES)].astype(float).fillna(0.0).sum(axis=1)
+    lines = ["| stage | mean s | min - max s |", "|---|---|---|"]
+    for c, label in [*have, ("", "whole object")]:
+        x = (total if not c else ok[c].astype(float)).dropna()
+        lines.append(f"| {label} | {x.mean():.2f} | {x.min():.2f} - {x.max():.2f} |")
+    return lines
+
+
 def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], config: dict,
                      paper: pd.DataFrame | None = None, paper_note: str = "",
                      warnings: Sequence[str] = (), pictures: Sequence[tuple[str, str]] = (),
-                     findings: tuple[str, Sequence[str]] | None = None) -> str:
+                     findings: tuple[str, Sequence[str]] | None = None,
+                     timing: Sequence[str] = ()) -> str:
     """The text of ``summary.md``: what the model is first (the bundled model's one-sentence
     description, or a warning when the weights are not the paper's), then mean ± CI95 per
     metric with the baselines' rows, the paper's rows beside ours, the protocol and the view
     indices, and links to the qualitative pictures (``pictures``: ``(object, relative path)``).
     ``findings``: ``(title, sentences)`` of a section placed before the protocol (the sweep's
-    :func:`sweep_findings`)."""
+    :func:`sweep_findings`). ``timing``: the model's :func:`stage_time_lines`, a section of its own."""
     lines: list[str] = []
     models = model_rows(summary)
     has_baselines = len(models) < len(summary)
@@ -327,6 +358,11 @@ def summary_markdown(summary: pd.DataFrame, protocol_lines: Sequence[str], confi
                   " · ".join(f"[{name}]({rel})" for name, rel in pictures)]
     if findings and findings[1]:
         lines += ["", f"## {findings[0]}", ""] + [f"- {f}" for f in findings[1]]
+    if timing:
+        lines += ["", "## Where the time went", "",
+                  f"Seconds per object of the model's evaluation on {dev}; the stages of a Ray run "
+                  "overlap (the next object is rendered beside the model), so they are each "
+                  "object's own, not shares of the run's wall time.", "", *timing]
     lines += ["", "## Protocol", ""] + [f"- {p}" for p in protocol_lines]
     return "\n".join(lines) + "\n"
 
@@ -450,7 +486,8 @@ def write_report(run_dir: str | Path, per_view: pd.DataFrame, per_object: pd.Dat
                  summary: pd.DataFrame, config: dict, protocol_lines: Sequence[str],
                  dataset: str, warnings: Sequence[str] = (),
                  pictures: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
-    """Write per_view.csv, per_object.csv, summary.csv, summary.md and config.json (last)."""
+    """Write per_view.csv, per_object.csv, summary.csv, summary.md (with the stage times of
+    ``per_object``) and config.json (last)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     n = int(summary["num_input_views"].iloc[0]) if summary["num_input_views"].nunique() == 1 else None
@@ -460,7 +497,8 @@ def write_report(run_dir: str | Path, per_view: pd.DataFrame, per_object: pd.Dat
         "per_object": write_csv_atomic(per_object, run_dir / "per_object.csv"),
         "summary": write_csv_atomic(summary, run_dir / "summary.csv"),
     }
-    md = summary_markdown(summary, protocol_lines, config, paper, note, warnings, pictures)
+    md = summary_markdown(summary, protocol_lines, config, paper, note, warnings, pictures,
+                          timing=stage_time_lines(per_object))
     paths["summary_md"] = write_text_atomic(run_dir / "summary.md", md)
     paths["config"] = write_json_atomic(run_dir / "config.json", config)
     return paths

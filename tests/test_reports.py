@@ -92,6 +92,31 @@ def test_write_report_files_and_warning_first(tmp_path):
     assert conf["protocol"]["test_views"] == [28, 31, 34, 37] and "packages" in conf
 
 
+def test_stage_times_table_and_section(tmp_path):
+    df = _per_object()
+    assert reports.stage_time_lines(df) == []  # no stage columns: no table
+    stages = {"render_s": [1.0, 0.0, 2.0, 1.5, 0.5, 1.0, np.nan], "reconstruct_s": [1.2] * 6 + [np.nan],
+              "inference_s": [0.3] * 6 + [np.nan], "metrics_s": [5.0, 6.0, 5.5, 5.0, 6.5, 5.0, np.nan],
+              "lpips_s": [4.5] * 6 + [np.nan], "picture_s": [0.2] * 6 + [np.nan]}
+    for k, v in stages.items():
+        df[k] = v
+    lines = reports.stage_time_lines(df)
+    rows = {ln.split(" | ")[0].lstrip("| "): ln.strip("| ").split(" | ")[1:] for ln in lines[2:]}
+    ok = slice(0, 6)  # the failed seventh object is left out
+    whole = [sum(stages[k][i] for k in reports.TOTAL_STAGES) for i in range(6)]
+    assert rows["whole object"] == [f"{np.mean(whole):.2f}", f"{min(whole):.2f} - {max(whole):.2f}"]
+    render = stages["render_s"][ok]
+    assert rows["rendering the views used + ground-truth points (0 when cached)"] == [
+        f"{np.mean(render):.2f}", f"{min(render):.2f} - {max(render):.2f}"]
+    assert "- test-view rasterization" not in rows  # a stage without times has no row
+    s = reports.summarize(df, "GeoLRM-tiny", "sample", 6, checkpoint_kind="random")
+    p = Protocol(num_input_views=6)
+    cfg = reports.provenance(run="eval-test", preset="tiny", protocol=p.to_dict(), device="cpu")
+    pv = pd.DataFrame({"object": ["o0"], "view": [28], "psnr": [20.0], "ssim": [0.9], "lpips": [0.2]})
+    md = reports.write_report(tmp_path, pv, df, s, cfg, p.describe(), "sample")["summary_md"].read_text()
+    assert md.index("## Where the time went") < md.index("## Protocol") and lines[-1] in md
+
+
 def test_plot_sweep_writes_pngs(tmp_path):
     rows = []
     for n in (4, 8, 12):
