@@ -18,11 +18,13 @@ Issue 12's goal is at most 10 s per object at 512 px. History on the 2-core deve
   on CPU - 1 = 1 thread on 2 cores;
 - 11.6-13.0 s after it (LPIPS channels-last: 1.25x), of which LPIPS-VGG 7.7-8.9 s (1.28 TFLOP of
   direct convolutions at 94-96% of the fp32 matmul rate) and rendering all 40 views 2.4-2.6 s;
-- now (goal met): only the 10 views used are rendered (0.85 s); LPIPS-VGG computes its 8 layers
-  with 256 or 512 input channels by Winograd's F(4x4, 3x3) (:mod:`geolrm_bench.metrics.winograd`,
-  4x fewer multiply-adds there) and each layer's distance term in one cache-sized pass; both
-  change the distances by < 1e-7 (tested against upstream's forward). Measured: 8.6 s per object,
-  LPIPS-VGG 5.7 s; the three ways of computing LPIPS are timed below on the same images.
+- now (goal met): only the 10 views used are rendered (0.35-0.9 s); LPIPS-VGG computes its 8
+  layers with 256 or 512 input channels by Winograd's F(4x4, 3x3)
+  (:mod:`geolrm_bench.metrics.winograd`, 4x fewer multiply-adds there) and each layer's distance
+  term in one cache-sized pass; both change the distances by < 1e-7 (tested against upstream's
+  forward). Measured: 8.0 s per object over the three objects (single-object runs of the earlier
+  version of this bench: 8.1-10.0 s; this machine's speed varies by ~20% from run to run),
+  LPIPS-VGG 5.3-6.5 s; the three ways of computing LPIPS are timed below on the same images.
 
 The baselines (random weights, nearest view) are not part of this number (``baselines=False``).
 Runs in-process (``local``), no Ray, at the protocol's 512 px (``GEOLRM_BENCH_QUICK=1``: 256 px).
