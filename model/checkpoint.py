@@ -18,6 +18,7 @@ atomically; ``from_pretrained(dir)`` reads them back.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -131,7 +132,9 @@ def load_into(model, sd: dict[str, Tensor], source: str = "checkpoint"):
 def _torch_load(path: Path):
     """``torch.load(weights_only=True)`` on the CPU; any failure is a one-line BenchError naming the file."""
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch's notice on non-default pickle protocols: a failure
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, weights_only=True, map_location="cpu")  # is reported below
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
         # torch's own message is a paragraph; keep its first sentence so the error stays one line
         first = str(err).strip().split(". ")[0].splitlines()[0][:200]
