@@ -4,8 +4,8 @@ Each fast path is timed beside an independent baseline measured in the same run:
 PSNR vs ``skimage.metrics.peak_signal_noise_ratio``, SSIM vs scikit-image's
 ``structural_similarity`` (Gaussian window, same convention), Chamfer + F-score
 (cKDTree) vs open3d's KD-tree distances and, at 4k x 4k, the brute-force float64
-nearest-neighbour reference. LPIPS has no
-baseline here (the network is the cost); it is timed per view in a batch of 4.
+nearest-neighbour reference, LPIPS vs upstream's ``lpips.LPIPS`` forward (plain NCHW, direct
+convolutions, the same weights); LPIPS is timed per view in a batch of 4.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def rows() -> list[list]:
     from geolrm_bench._reference import nearest_distances as nearest_distances_reference
     from geolrm_bench.metrics import LPIPS, geometry_metrics, psnr, ssim
     from geolrm_bench.metrics.geometry import _chamfer_from, _fscores_from
+    from geolrm_bench.metrics.lpips import build_lpips_network
 
     pred, gt = _images()
     p_np = pred.permute(0, 2, 3, 1).double().numpy()
@@ -71,9 +72,16 @@ def rows() -> list[list]:
     for net in ("vgg", "alex"):
         metric = LPIPS(net, chunk_size=VIEWS)
         t = _time(lambda m=metric: m(pred, gt), repeat=1) / VIEWS
-        out.append([f"LPIPS-{net}", f"{RES}x{RES} view (batch {VIEWS})", t * 1e3, "-", float("nan"),
-                    float("nan")])
-        del metric
+        upstream = build_lpips_network(net)
+
+        def plain(u=upstream):
+            with torch.no_grad():
+                return u(pred * 2 - 1, gt * 2 - 1)
+
+        tb = _time(plain, repeat=1) / VIEWS
+        out.append([f"LPIPS-{net}", f"{RES}x{RES} view (batch {VIEWS})", t * 1e3, "upstream lpips forward",
+                    tb * 1e3, tb / t])
+        del metric, upstream
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(NUM_POINTS, 3))
