@@ -263,7 +263,7 @@ class LPIPS(ViewMeanMetric):
         chunk_size: images per forward pass (bounds memory for large batches).
         winograd: compute the trunk's 3x3 convolutions with at least
             :data:`geolrm_bench.metrics.winograd.MIN_CHANNELS` input channels by Winograd's
-            F(4x4, 3x3) (default: on the CPU with VGG, where ``make bench`` measured it faster).
+            F(4x4, 3x3) (default: on the CPU with VGG; ``make bench`` times LPIPS with and without).
     """
 
     def __init__(self, net: str = "vgg", device: str | torch.device | None = None, chunk_size: int = 8,
