@@ -15,7 +15,7 @@ float64 convolution; LPIPS distances move by < 1e-7 (the tests check both). It p
 where the channel counts are large enough for the matrix products to dominate the transforms'
 memory traffic. Timed layer by layer (VGG-16's shapes, 4 images at 512 px, best of 5, 2 cores):
 against oneDNN's direct channels-last convolution it took 2.4x as long at 64 input channels and
-1.2-1.6x at 128, but 0.75x at 256 and 0.5-0.6x at 512; hence :data:`MIN_CHANNELS` (see
+1.2-1.7x at 128, but 0.6-0.8x at 256 and 0.5-0.6x at 512; hence :data:`MIN_CHANNELS` (see
 :func:`winograd_trunk`). ``make bench`` times the whole LPIPS with and without it.
 
 Tensors are NCHW in shape; inputs and outputs are channels-last in memory (NHWC), the CPU
