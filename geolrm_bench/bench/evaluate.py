@@ -138,6 +138,7 @@ def main() -> None:
 
     from geolrm_bench.model import weights
     from geolrm_bench.pipelines.evaluate import EvalConfig, Evaluator, method_spec, run_eval
+    from geolrm_bench.reports import TOTAL_STAGES
 
     quick = os.environ.get("GEOLRM_BENCH_QUICK") == "1"
     res = 256 if quick else 512
@@ -170,14 +171,14 @@ def main() -> None:
         ("- Chamfer / F-score (3 frames)", "geometry_s"),
         ("qualitative picture", "picture_s"),
     ]
-    per = [[float(r.get(k) or 0.0) for _, k in stages] for r in recs]  # [object][stage]
-    whole = [sum(r.get(k) or 0.0 for k in ("render_s", "reconstruct_s", "metrics_s", "picture_s"))
-             for r in recs]
-    rows = [[label, *[f"{p[i]:.2f}" for p in per], f"{statistics.median(p[i] for p in per):.2f}"]
-            for i, (label, _) in enumerate(stages)]
-    rows.append(["whole object (sum of the stages)", *[f"{w:.2f}" for w in whole],
-                 f"{statistics.median(whole):.2f}"])
-    print_lpips_costs(ev.lpips, res, statistics.median(p[7] for p in per))
+    def seconds(key: str) -> list[float]:  # that stage's seconds, one per object
+        return [float(r.get(key) or 0.0) for r in recs]
+
+    whole = [sum(t) for t in zip(*(seconds(k) for k in TOTAL_STAGES))]
+    rows = [[label, *[f"{t:.2f}" for t in ts], f"{statistics.median(ts):.2f}"]
+            for label, ts in [*((label, seconds(k)) for label, k in stages),
+                              ("whole object (sum of the stages)", whole)]]
+    print_lpips_costs(ev.lpips, res, statistics.median(seconds("lpips_s")))
     goal, per_object = 10.0, wall / len(recs)
     print(f"issue 12's goal (whole object at 512 px <= {goal:.0f} s): "
           + ("not measured (quick mode, 256 px)" if quick else
