@@ -253,13 +253,13 @@ def stage_time_lines(per_object: pd.DataFrame) -> list[str]:
     :data:`TOTAL_STAGES`; bookkeeping between stages not included). Empty when the records hold
     no stage times (e.g. reports of older runs)."""
     ok = per_object[per_object["status"] == "ok"] if "status" in per_object else per_object
-    have = [(c, label) for c, label in STAGE_COLUMNS if c in ok and ok[c].notna().any()]
     if not len(ok) or not all(c in ok for c in TOTAL_STAGES):
         return []
+    stages = [(label, ok[c].astype(float)) for c, label in STAGE_COLUMNS if c in ok and ok[c].notna().any()]
     total = ok[list(TOTAL_STAGES)].astype(float).fillna(0.0).sum(axis=1)
     lines = ["| stage | mean s | min - max s |", "|---|---|---|"]
-    for c, label in [*have, ("", "whole object")]:
-        x = (total if not c else ok[c].astype(float)).dropna()
+    for label, x in [*stages, ("whole object", total)]:
+        x = x.dropna()
         lines.append(f"| {label} | {x.mean():.2f} | {x.min():.2f} - {x.max():.2f} |")
     return lines
 
